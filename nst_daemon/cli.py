@@ -1,0 +1,262 @@
+"""The `nstd` command line: parse, load settings, call one function. No logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nst_daemon import __version__
+from nst_daemon.config import ConfigError, Settings, load_settings
+from nst_daemon.errors import NstdError
+from nst_daemon.logs import redactor, setup_logging
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="nstd: a self-hosted neural style transfer daemon (Telegram bot, watched folder, command line).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(help="Download, import, list and verify model weights.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage who may use the Telegram bot.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(users_app, name="users")
+
+
+class _State:
+    config_path: Path | None = None
+    debug: bool = False
+    settings: Settings | None = None
+
+
+state = _State()
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class PresetChoice(str, Enum):
+    fast = "fast"
+    balanced = "balanced"
+    best = "best"
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"nstd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Config file (default: $NSTD_CONFIG, ./config.toml, ...).", dir_okay=False
+        ),
+    ] = None,
+    log_level: Annotated[LogLevel | None, typer.Option(help="Log level (default: daemon.log_level).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    state.config_path = config
+    state.debug = debug
+    setup_logging((log_level.value if log_level else None) or ("debug" if debug else "info"))
+    state.log_level_explicit = bool(log_level or debug)  # type: ignore[attr-defined]
+
+
+def settings() -> Settings:
+    """Settings, loaded once per invocation on first use so that --help never needs a config."""
+    if state.settings is None:
+        state.settings = load_settings(state.config_path)
+        if not getattr(state, "log_level_explicit", False):
+            logging.getLogger().setLevel(state.settings.daemon.log_level.upper())
+        try:
+            redactor.add(state.settings.telegram_token())
+        except ConfigError:
+            pass  # reported by the command that needs the token
+    return state.settings
+
+
+@app.command()
+def run() -> None:
+    """Run the daemon: Telegram bot, watched folder, job worker."""
+    from nst_daemon import daemon
+
+    raise typer.Exit(daemon.run(settings()))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show every catalog model, whether it is installed and verified."""
+    from nst_daemon import catalog
+
+    catalog.print_list(settings(), console)
+
+
+@models_app.command("verify")
+def models_verify() -> None:
+    """Re-hash and re-validate every installed model."""
+    from nst_daemon import catalog
+
+    raise typer.Exit(catalog.verify_all(settings(), console))
+
+
+@models_app.command("pull")
+def models_pull(
+    names: Annotated[list[str] | None, typer.Argument(help="Catalog names (default: all).")] = None,
+    mirror: Annotated[str | None, typer.Option(help="Base URL serving the same file names.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if installed.")] = False,
+) -> None:
+    """Download, verify, convert and install models."""
+    from nst_daemon import catalog
+
+    raise typer.Exit(catalog.pull(settings(), names or [], mirror=mirror, force=force, console=console))
+
+
+@models_app.command("import")
+def models_import(
+    name: Annotated[str, typer.Argument(help="Catalog name, e.g. vgg19 or style_monet.")],
+    file: Annotated[Path, typer.Argument(help="A checkpoint file you already have.", dir_okay=False)],
+) -> None:
+    """Validate, convert and install a checkpoint from a local file (for offline machines)."""
+    from nst_daemon import catalog
+
+    catalog.import_file(settings(), name, file, console=console)
+
+
+@app.command()
+def stylize(
+    input: Annotated[Path, typer.Argument(help="Content image.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result (.jpg or .png).")],
+    style: Annotated[
+        str | None,
+        typer.Option(
+            help="A pretrained style: monet, cezanne, ukiyoe, vangogh, summer2winter, winter2summer."
+        ),
+    ] = None,
+    style_image: Annotated[
+        list[Path] | None, typer.Option("--style-image", help="Style image for multi-style NST (repeatable).")
+    ] = None,
+    preset: Annotated[PresetChoice | None, typer.Option(help="NST quality preset.")] = None,
+    max_side: Annotated[
+        int | None, typer.Option(help="Longest side of the result in pixels.", min=16)
+    ] = None,
+    device: Annotated[DeviceChoice | None, typer.Option(help="Where to run.")] = None,
+    preserve_colors: Annotated[
+        bool, typer.Option("--preserve-colors", help="NST: keep the content's colours.")
+    ] = False,
+) -> None:
+    """Stylize one image with a pretrained style or with style images (multi-style NST)."""
+    from nst_daemon import stylize as stylize_command
+
+    stylize_command.run(
+        settings(),
+        input,
+        output,
+        style=style,
+        style_images=style_image or [],
+        preset=preset.value if preset else None,
+        max_side=max_side,
+        device=device.value if device else None,
+        preserve_colors=preserve_colors,
+        console=console,
+    )
+
+
+@app.command()
+def doctor() -> None:
+    """Check the installation: config, token, GPU and drivers, models, folders."""
+    from nst_daemon import doctor as doctor_command
+
+    raise typer.Exit(doctor_command.run(state.config_path, console))
+
+
+@app.command()
+def jobs(
+    limit: Annotated[int, typer.Option(help="How many of the newest jobs to show.", min=1)] = 50,
+) -> None:
+    """List recent jobs."""
+    from nst_daemon import db, views
+
+    views.print_jobs(db.connect(settings().db_path), console, limit=limit)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Show allowed users: from the config file and added with `nstd users add`."""
+    from nst_daemon import db, views
+
+    current = settings()
+    views.print_users(db.connect(current.db_path), current.telegram.allowed_users, console)
+
+
+@users_app.command("add")
+def users_add(user_id: Annotated[int, typer.Argument(help="Numeric Telegram user id.")]) -> None:
+    """Allow a Telegram user id."""
+    from nst_daemon import db
+
+    added = db.add_user(db.connect(settings().db_path), user_id)
+    console.print(f"user {user_id} {'added' if added else 'was already allowed'}")
+
+
+@users_app.command("remove")
+def users_remove(user_id: Annotated[int, typer.Argument(help="Numeric Telegram user id.")]) -> None:
+    """Remove a Telegram user id added with `nstd users add`."""
+    from nst_daemon import db
+
+    current = settings()
+    if not db.remove_user(db.connect(current.db_path), user_id):
+        hint = (
+            " (it is listed in telegram.allowed_users; edit the config)"
+            if (user_id in current.telegram.allowed_users)
+            else ""
+        )
+        raise NstdError(f"user {user_id} is not in the database allowlist{hint}")
+    console.print(f"user {user_id} removed")
+
+
+def main() -> None:
+    """Console-script entry point: user errors are one line on stderr, tracebacks only with --debug."""
+    try:
+        app(standalone_mode=True)
+    except NstdError as exc:
+        if state.debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line unless asked for more
+        if state.debug:
+            traceback.print_exc()
+        else:
+            err_console.print(
+                f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        sys.exit(1)

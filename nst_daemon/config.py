@@ -1,0 +1,313 @@
+"""Typed settings: a TOML file plus `NSTD_<SECTION>__<KEY>` environment overrides.
+
+Lookup order: --config, $NSTD_CONFIG, ./config.toml, ~/.config/nstd/config.toml, /etc/nstd/config.toml.
+Relative paths in a file are relative to that file; relative paths from the environment (or from the
+built-in defaults when no file exists) are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from nst_daemon.errors import NstdError
+
+ENV_PREFIX = "NSTD_"
+CYCLEGAN_STYLES = ("monet", "cezanne", "ukiyoe", "vangogh", "summer2winter", "winter2summer")
+Device = Literal["auto", "cpu", "cuda"]
+Preset = Literal["fast", "balanced", "best"]
+
+
+class ConfigError(NstdError):
+    """A configuration problem, worded as one line that names the source and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PathsSettings(_Section):
+    state_dir: Path = Path("state")
+    models_dir: Path = Path("models")
+
+
+class TelegramSettings(_Section):
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    api_base: str = "https://api.telegram.org"
+    allowed_users: list[int] = Field(default_factory=list)
+    default_style: str = ""
+    rate_limit_per_minute: int = Field(default=10, ge=1)
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("default_style")
+    @classmethod
+    def _known_style(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and value not in CYCLEGAN_STYLES:
+            raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)} or empty")
+        return value
+
+
+class ModelsSettings(_Section):
+    mirror: str = ""
+    catalog: Path | None = None
+    idle_unload_s: float = Field(default=600.0, ge=0)
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL or empty")
+        return value.rstrip("/")
+
+
+class QueueSettings(_Section):
+    max_pending: int = Field(default=50, ge=1)
+    per_user: int = Field(default=3, ge=1)
+
+
+class ImagesSettings(_Section):
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+
+
+class NstSettings(_Section):
+    preset: Preset = "balanced"
+    max_side: int = Field(default=512, ge=64, le=4096)
+    device: Device = "auto"
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    seed: int = 0
+
+
+class CycleganSettings(_Section):
+    max_side: int = Field(default=1024, ge=64, le=4096)
+    device: Device = "auto"
+
+
+class WatchSettings(_Section):
+    enabled: bool = False
+    dir: Path = Path("watch")
+    settle_s: float = Field(default=1.0, ge=0)
+
+
+class StoreSettings(_Section):
+    backend: Literal["local", "s3"] = "local"
+    root: Path | None = None
+    bucket: str = "nstd"
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    retention_days: float = Field(default=30.0, ge=0)
+
+
+class DaemonSettings(_Section):
+    grace_period_s: float = Field(default=20.0, ge=0, le=300)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    images: ImagesSettings = Field(default_factory=ImagesSettings)
+    nst: NstSettings = Field(default_factory=NstSettings)
+    cyclegan: CycleganSettings = Field(default_factory=CycleganSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+
+    # Where the settings came from; not a config key.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths.state_dir / "nstd.sqlite3"
+
+    @property
+    def store_root(self) -> Path:
+        return self.store.root or self.paths.state_dir / "objects"
+
+    def telegram_token(self) -> str | None:
+        """The bot token from `telegram.token` or `telegram.token_file`, or None when neither is set."""
+        if self.telegram.token is not None and self.telegram.token.get_secret_value():
+            return self.telegram.token.get_secret_value().strip()
+        if self.telegram.token_file is not None:
+            path = Path(os.path.expandvars(str(self.telegram.token_file)))
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"telegram.token_file: cannot read {path}: {exc.strerror}") from None
+            return token or None
+        return None
+
+
+def mask_token(token: str | None) -> str:
+    """A token as it may appear in output: the public bot id, never the secret part."""
+    if not token:
+        return "(not set)"
+    bot_id, sep, secret = token.partition(":")
+    if sep and bot_id.isdigit():
+        return f"{bot_id}:{'*' * 8}"
+    return "*" * 8
+
+
+def candidate_paths(explicit: Path | None = None) -> list[Path]:
+    if explicit is not None:
+        return [explicit]
+    if env := os.environ.get("NSTD_CONFIG"):
+        return [Path(env)]
+    return [
+        Path.cwd() / "config.toml",
+        Path.home() / ".config" / "nstd" / "config.toml",
+        Path("/etc/nstd/config.toml"),
+    ]
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """The config file to use; an explicitly named file must exist, the search list may all be absent."""
+    candidates = candidate_paths(explicit)
+    if explicit is not None or os.environ.get("NSTD_CONFIG"):
+        path = candidates[0]
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def load_settings(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate settings; every problem is one ConfigError line naming the file and key."""
+    environ = os.environ if environ is None else environ
+    path = find_config(explicit)
+    raw: dict[str, Any] = {}
+    origin: dict[tuple[str, str], str] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        _check_shape(raw, path)
+        base = path.parent.resolve()
+        for section, values in raw.items():
+            for key in values:
+                origin[(section, key)] = str(path)
+        _resolve_relative_paths(raw, base)
+
+    env_values = _environment_overrides(environ, origin)
+    for (section, key), value in env_values.items():
+        raw.setdefault(section, {})[key] = value
+    _resolve_relative_paths(raw, Path.cwd(), only=set(env_values))
+
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, path)) from None
+    settings.source = path
+    settings = _resolve_defaults(settings, path.parent.resolve() if path else Path.cwd())
+    return settings
+
+
+def _check_shape(raw: dict[str, Any], path: Path) -> None:
+    for section, values in raw.items():
+        if section not in Settings.model_fields or section == "source":
+            known = ", ".join(name for name in Settings.model_fields if name != "source")
+            raise ConfigError(f"{path}: [{section}]: unknown section (expected one of {known})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section}: expected a [{section}] table")
+
+
+def _section_model(section: str) -> type[BaseModel]:
+    return Settings.model_fields[section].annotation  # type: ignore[return-value]
+
+
+def _is_path_field(section: str, key: str) -> bool:
+    field = _section_model(section).model_fields.get(key)
+    if field is None:
+        return False
+    annotation = field.annotation
+    return annotation is Path or Path in get_args(annotation)
+
+
+def _is_list_field(section: str, key: str) -> bool:
+    field = _section_model(section).model_fields.get(key)
+    return field is not None and get_origin(field.annotation) is list
+
+
+def _resolve_relative_paths(
+    raw: dict[str, Any], base: Path, only: set[tuple[str, str]] | None = None
+) -> None:
+    for section, values in raw.items():
+        if not isinstance(values, dict) or section not in Settings.model_fields:
+            continue
+        for key, value in values.items():
+            if only is not None and (section, key) not in only:
+                continue
+            if isinstance(value, str) and value and _is_path_field(section, key):
+                expanded = Path(value).expanduser()
+                if "$" in value:
+                    # token_file may name $CREDENTIALS_DIRECTORY, which only exists at run time.
+                    continue
+                values[key] = str(expanded if expanded.is_absolute() else base / expanded)
+
+
+def _environment_overrides(
+    environ: Mapping[str, str], origin: dict[tuple[str, str], str]
+) -> dict[tuple[str, str], Any]:
+    overrides: dict[tuple[str, str], Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "NSTD_CONFIG":
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in Settings.model_fields or section == "source":
+            raise ConfigError(f"environment {name}: unknown section {section!r}")
+        if key not in _section_model(section).model_fields:
+            raise ConfigError(f"environment {name}: unknown key {section}.{key}")
+        if _is_list_field(section, key):
+            overrides[(section, key)] = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            overrides[(section, key)] = value
+        origin[(section, key)] = f"environment {name}"
+    return overrides
+
+
+def _resolve_defaults(settings: Settings, base: Path) -> Settings:
+    """Built-in relative defaults follow the same rule as values in the file."""
+    for section_name in ("paths", "watch", "store", "models", "telegram"):
+        section = getattr(settings, section_name)
+        for key in type(section).model_fields:
+            value = getattr(section, key)
+            if isinstance(value, Path) and not value.is_absolute() and "$" not in str(value):
+                setattr(section, key, base / value.expanduser())
+    return settings
+
+
+def _describe(exc: ValidationError, origin: dict[tuple[str, str], str], path: Path | None) -> str:
+    error = exc.errors()[0]
+    location = [str(part) for part in error["loc"]]
+    dotted = ".".join(location[:2]) if location else "?"
+    where = origin.get(tuple(location[:2]), str(path) if path else "defaults")  # type: ignore[arg-type]
+    if error["type"] == "extra_forbidden":
+        section = location[0]
+        known = ", ".join(_section_model(section).model_fields) if section in Settings.model_fields else ""
+        return f"{where}: {dotted}: unknown key (known keys in [{section}]: {known})"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    shown = error.get("input")
+    if "token" in location:
+        shown = "***"
+    got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+    return f"{where}: {dotted}: {message}{got}"

@@ -1,0 +1,117 @@
+"""SQLite state: one WAL-mode database with versioned forward migrations (PRAGMA user_version)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _v1_initial(db: sqlite_utils.Database) -> None:
+    db["jobs"].create(
+        {
+            "id": int,
+            "source": str,  # telegram | folder | cli
+            "owner": str,  # user id, chat id or file path
+            "engine": str,  # nst | cyclegan
+            "styles": str,  # JSON list of style names (cyclegan) or style image keys (nst)
+            "params": str,  # JSON object
+            "state": str,  # queued | running | done | failed | cancelled
+            "progress": float,
+            "attempts": int,
+            "error": str,
+            "input_keys": str,  # JSON list of store keys
+            "output_key": str,
+            "delivery": str,  # pending | delivered | failed
+            "delivery_attempts": int,
+            "reply": str,  # JSON: where the source wants the result (chat id, message ids, paths)
+            "created_at": float,
+            "started_at": float,
+            "finished_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"source", "owner", "engine", "state", "created_at"},
+        defaults={"progress": 0.0, "attempts": 0, "delivery": "pending", "delivery_attempts": 0},
+    )
+    db["jobs"].create_index(["state", "id"])
+    db["jobs"].create_index(["owner", "state"])
+    db["fsm"].create({"key": str, "state": str, "data": str, "updated_at": float}, pk="key")
+    db["users"].create({"id": int, "added_at": float, "note": str}, pk="id")
+    db["user_settings"].create({"user_id": int, "data": str, "updated_at": float}, pk="user_id")
+
+
+# Append only: each function moves the schema from version N to N + 1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the state database and bring its schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.enable_wal()
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA synchronous = NORMAL")
+    migrate(db)
+    return db
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the state database is at schema version {current}, newer than this nstd ({SCHEMA_VERSION}); "
+            "upgrade nstd"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        with db.conn:
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+    return schema_version(db)
+
+
+def journal_mode(db: sqlite_utils.Database) -> str:
+    return db.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+# --- users (the allowlist kept on top of telegram.allowed_users) ---
+
+
+def add_user(db: sqlite_utils.Database, user_id: int, note: str = "") -> bool:
+    """Add a user; False when already present."""
+    if db["users"].count_where("id = ?", [user_id]):
+        return False
+    db["users"].insert({"id": user_id, "added_at": time.time(), "note": note})
+    return True
+
+
+def remove_user(db: sqlite_utils.Database, user_id: int) -> bool:
+    """Remove a user; False when not present."""
+    if not db["users"].count_where("id = ?", [user_id]):
+        return False
+    db["users"].delete(user_id)
+    return True
+
+
+def list_users(db: sqlite_utils.Database) -> list[dict]:
+    return list(db["users"].rows_where(order_by="id"))
+
+
+def is_allowed(db: sqlite_utils.Database, user_id: int, configured: list[int]) -> bool:
+    return user_id in configured or bool(db["users"].count_where("id = ?", [user_id]))

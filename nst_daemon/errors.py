@@ -1,0 +1,29 @@
+"""Errors that carry a message a person can act on; the CLI prints them as one line."""
+
+from __future__ import annotations
+
+
+class NstdError(Exception):
+    """Base for every error whose message is meant for the user, not a traceback."""
+
+    exit_code: int = 1
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class NotImplementedYet(NstdError):
+    exit_code = 2
+
+
+class ModelNotInstalled(NstdError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name} is not installed: run `nstd models pull {name}`")
+        self.name = name
+
+
+class UnknownStyle(NstdError):
+    def __init__(self, style: str, known: list[str] | tuple[str, ...]) -> None:
+        super().__init__(f"unknown style {style!r}; choose one of: {', '.join(known)}")
+        self.style = style
