@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -42,20 +43,20 @@ class _State:
 state = _State()
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     debug = "debug"
     info = "info"
     warning = "warning"
     error = "error"
 
 
-class PresetChoice(str, Enum):
+class PresetChoice(StrEnum):
     fast = "fast"
     balanced = "balanced"
     best = "best"
 
 
-class DeviceChoice(str, Enum):
+class DeviceChoice(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -93,10 +94,8 @@ def settings() -> Settings:
         state.settings = load_settings(state.config_path)
         if not getattr(state, "log_level_explicit", False):
             logging.getLogger().setLevel(state.settings.daemon.log_level.upper())
-        try:
+        with contextlib.suppress(ConfigError):  # reported by the command that needs the token
             redactor.add(state.settings.telegram_token())
-        except ConfigError:
-            pass  # reported by the command that needs the token
     return state.settings
 
 

@@ -157,7 +157,7 @@ def mask_token(token: str | None) -> str:
     """A token as it may appear in output: the public bot id, never the secret part."""
     if not token:
         return "(not set)"
-    bot_id, sep, secret = token.partition(":")
+    bot_id, sep, _secret = token.partition(":")
     if sep and bot_id.isdigit():
         return f"{bot_id}:{'*' * 8}"
     return "*" * 8
