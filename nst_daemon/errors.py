@@ -27,3 +27,10 @@ class UnknownStyle(NstdError):
     def __init__(self, style: str, known: list[str] | tuple[str, ...]) -> None:
         super().__init__(f"unknown style {style!r}; choose one of: {', '.join(known)}")
         self.style = style
+
+
+class Cancelled(NstdError):
+    """Raised by an engine when its cancel event is set; shared so the queue need not import torch."""
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)

@@ -1,0 +1,128 @@
+"""Runs a job's engine in the worker thread: models load lazily on first use and unload when idle.
+
+This is the only module between the queue and the engines; torch is imported here on first use, so
+the daemon starts small and the bot and the folder never import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from PIL import Image
+
+from nst_daemon.config import Settings
+from nst_daemon.engines import STYLE_MODELS
+from nst_daemon.errors import UnknownStyle
+from nst_daemon.jobs import Job, ProgressFn, RunResult
+from nst_daemon.manifest import runnable_path
+
+log = logging.getLogger(__name__)
+
+
+class EngineRunner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engines: dict[str, Any] = {}
+        self._last_used: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> list[str]:
+        return sorted(name for name, engine in self._engines.items() if engine.loaded)
+
+    def _engine(self, model: str) -> Any:
+        path = runnable_path(self.settings.paths.models_dir, model)  # ModelNotInstalled when absent
+        with self._lock:
+            engine = self._engines.get(model)
+            if engine is None:
+                engine = self._create(model, path)
+                self._engines[model] = engine
+            if not engine.loaded:
+                started = time.monotonic()
+                engine.load()
+                log.info("loaded %s in %.1f s", model, time.monotonic() - started)
+            self._last_used[model] = time.monotonic()
+            return engine
+
+    def _create(self, model: str, path: Any) -> Any:
+        if model == "vgg19":
+            from nst_daemon.engines.nst import NSTEngine
+
+            return NSTEngine(path, device=self.settings.nst.device)
+        from nst_daemon.engines.cyclegan import CycleGANEngine
+
+        return CycleGANEngine(path, device=self.settings.cyclegan.device)
+
+    def run(
+        self,
+        job: Job,
+        content: Image.Image,
+        styles: list[Image.Image],
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> RunResult:
+        if job.engine == "cyclegan":
+            return self._run_cyclegan(job, content, progress, cancel)
+        return self._run_nst(job, content, styles, progress, cancel)
+
+    def _run_cyclegan(
+        self, job: Job, content: Image.Image, progress: ProgressFn, cancel: threading.Event
+    ) -> RunResult:
+        style = job.styles[0] if job.styles else ""
+        model = STYLE_MODELS.get(style)
+        if model is None:
+            raise UnknownStyle(style, list(STYLE_MODELS))
+        engine = self._engine(model)
+        progress(0.05)
+        max_side = int(job.params.get("max_side") or self.settings.cyclegan.max_side)
+        image = engine.stylize(content, max_side=max_side, cancel=cancel)
+        progress(1.0)
+        return RunResult(
+            image, {"device": engine.provider, "model": model, "max_side": max_side, "size": list(image.size)}
+        )
+
+    def _run_nst(
+        self,
+        job: Job,
+        content: Image.Image,
+        styles: list[Image.Image],
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> RunResult:
+        from nst_daemon.engines.nst import NSTOptions
+
+        engine = self._engine("vgg19")
+        options = NSTOptions.from_preset(
+            job.params.get("preset") or self.settings.nst.preset,
+            max_side=int(job.params.get("max_side") or self.settings.nst.max_side),
+            preserve_colors=bool(job.params.get("preserve_colors", False)),
+            optimizer=self.settings.nst.optimizer,
+            seed=self.settings.nst.seed,
+        )
+        result = engine.stylize(
+            content, styles, options=options, progress=lambda update: progress(update.fraction), cancel=cancel
+        )
+        report = {
+            "device": result.device,
+            "model": "vgg19",
+            "preset": options.preset if hasattr(options, "preset") else job.params.get("preset"),
+            "steps": result.steps,
+            "scales": result.scales,
+            "losses": result.losses,
+            "oom_retries": result.oom_retries,
+            "size": list(result.image.size),
+        }
+        return RunResult(result.image, report)
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        now = time.monotonic()
+        unloaded = []
+        with self._lock:
+            for model, engine in self._engines.items():
+                if engine.loaded and now - self._last_used.get(model, 0) >= idle_s:
+                    engine.unload()
+                    unloaded.append(model)
+        return unloaded

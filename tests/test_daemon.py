@@ -1,0 +1,152 @@
+"""`nstd run` as a real process: crash recovery, graceful shutdown, sd_notify, startup errors."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+from conftest import wait_until
+from PIL import Image
+
+from nst_daemon import imaging
+from nst_daemon.config import load_settings
+
+
+def drop(path: Path, color: tuple[int, int, int], size: tuple[int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(imaging.encode_image(Image.new("RGB", size, color), "jpeg"))
+    tmp.rename(path)
+
+
+def job_row(db_path: Path, owner_suffix: str) -> dict | None:
+    if not db_path.exists():
+        return None
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("select * from jobs where owner like ?", [f"%{owner_suffix}"]).fetchone()
+        return dict(row) if row else None
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+
+
+def slow_nst_config(daemon_config):
+    # Big enough that the job is still computing when the test interrupts it.
+    return daemon_config(watch={"enabled": True, "settle_s": 0.1}, nst={"preset": "best", "max_side": 160})
+
+
+def test_sigkill_mid_job_then_restart_delivers_exactly_once(daemon_config, daemon_process) -> None:
+    config = slow_nst_config(daemon_config)
+    settings = load_settings(config)
+    watch, db_path = settings.watch.dir, settings.db_path
+    daemon = daemon_process(config).start()
+    drop(watch / "styles" / "s.jpg", (220, 30, 30), (64, 64))
+    drop(watch / "inbox" / "nst" / "photo.jpg", (30, 140, 220), (160, 120))
+    wait_until(lambda: (job_row(db_path, "photo.jpg") or {}).get("progress", 0) > 0, 60, message="progress")
+    daemon.kill()
+    row = job_row(db_path, "photo.jpg")
+    assert row["state"] == "running"
+    assert not (watch / "outbox" / "nst" / "photo.nst.jpg").exists()
+
+    restarted = daemon_process(config).start()
+    wait_until(
+        lambda: (job_row(db_path, "photo.jpg") or {}).get("delivery") == "delivered",
+        180,
+        message="delivered after restart",
+    )
+    restarted.stop()
+    row = job_row(db_path, "photo.jpg")
+    assert row["state"] == "done" and row["attempts"] == 1
+    assert [p.name for p in (watch / "outbox" / "nst").iterdir()] == ["photo.nst.jpg"]
+    assert [p.name for p in (watch / "done" / "nst").iterdir()] == ["photo.jpg"]
+    assert not list((watch / "inbox" / "nst").iterdir())
+    Image.open(watch / "outbox" / "nst" / "photo.nst.jpg").load()
+    # No partial object is visible in the store: every listed object reads back whole.
+    from nst_daemon.store import open_store
+
+    store = open_store(settings)
+    listing = store.list_objects_v2(Bucket=settings.store.bucket, Prefix=f"jobs/{row['id']}/")
+    keys = sorted(item["Key"].rsplit("/", 1)[1] for item in listing["Contents"])
+    assert keys == ["content.jpg", "report.json", "result.jpg", "style-1.jpg"]
+    for item in listing["Contents"]:
+        body = store.get_object(Bucket=settings.store.bucket, Key=item["Key"])["Body"].read()
+        assert len(body) == item["Size"]
+
+
+def test_sigterm_mid_job_exits_within_grace_and_job_completes_after_restart(
+    daemon_config, daemon_process
+) -> None:
+    config = slow_nst_config(daemon_config)
+    settings = load_settings(config)
+    watch, db_path = settings.watch.dir, settings.db_path
+    daemon = daemon_process(config).start()
+    drop(watch / "styles" / "s.jpg", (220, 30, 30), (64, 64))
+    drop(watch / "inbox" / "nst" / "term.jpg", (30, 140, 220), (160, 120))
+    wait_until(lambda: (job_row(db_path, "term.jpg") or {}).get("progress", 0) > 0, 60, message="progress")
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(settings.daemon.grace_period_s + 10) == 0
+    assert time.monotonic() - started < settings.daemon.grace_period_s + 5
+    row = job_row(db_path, "term.jpg")
+    assert row["state"] in ("queued", "done"), row
+    restarted = daemon_process(config).start()
+    wait_until(
+        lambda: (job_row(db_path, "term.jpg") or {}).get("delivery") == "delivered",
+        180,
+        message="job done after restart",
+    )
+    restarted.stop()
+    assert (watch / "outbox" / "nst" / "term.nst.jpg").exists()
+
+
+def test_sd_notify_messages(tmp_path: Path, daemon_config, daemon_process) -> None:
+    address = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(address))
+    server.settimeout(0.2)
+    messages: list[str] = []
+
+    def receive_until(predicate, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not predicate():
+            try:
+                messages.append(server.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert predicate(), messages
+
+    config = daemon_config()
+    daemon = daemon_process(config, env={"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"})
+    daemon.start(wait_for=None)
+    receive_until(lambda: any(m.startswith("READY=1") for m in messages), 60)
+    receive_until(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 2, 5)
+    assert any("STATUS=0 job(s) queued or running" in m for m in messages)
+    daemon.signal(signal.SIGTERM)
+    receive_until(lambda: "STOPPING=1" in messages, 10)
+    assert daemon.wait(30) == 0
+    server.close()
+
+
+def test_bad_config_at_start_is_one_line(tmp_path: Path, daemon_process) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[queue]\nmax_pending = -1\n")
+    daemon = daemon_process(config).start(wait_for=None)
+    assert daemon.wait(30) == 1
+    assert "queue.max_pending" in daemon.log and "Traceback" not in daemon.log
+    assert len([line for line in daemon.lines if line.strip()]) == 1
+
+
+def test_missing_models_at_start_is_one_clear_line(tmp_path: Path, daemon_process) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nstate_dir = "{tmp_path / "s"}"\nmodels_dir = "{tmp_path / "m"}"\n')
+    daemon = daemon_process(config).start()
+    assert "no models are installed: run `nstd models pull`" in daemon.log
+    assert "no Telegram token configured" in daemon.log
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log

@@ -1,0 +1,394 @@
+"""The job queue: durable rows, bounds, cancellation, recovery, delivery, artifacts, idle unload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from nst_daemon import db as database
+from nst_daemon import imaging, jobs
+from nst_daemon.config import Settings
+from nst_daemon.errors import Cancelled, NstdError
+from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, RunResult, UserBusy
+from nst_daemon.store import open_store
+
+
+def jpeg(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (32, 24)) -> bytes:
+    return imaging.encode_image(Image.new("RGB", size, color), "jpeg")
+
+
+class FakeRunner:
+    def __init__(self, seconds: float = 0.0, steps: int = 10, error: Exception | None = None) -> None:
+        self.seconds = seconds
+        self.steps = steps
+        self.error = error
+        self.ran: list[int] = []
+        self.unloaded = 0
+        self.started = threading.Event()
+
+    def run(
+        self,
+        job: Job,
+        content: Image.Image,
+        styles: list[Image.Image],
+        progress: Any,
+        cancel: threading.Event,
+    ) -> RunResult:
+        self.ran.append(job.id)
+        self.started.set()
+        for step in range(self.steps):
+            if cancel.is_set():
+                raise Cancelled()
+            time.sleep(self.seconds / self.steps)
+            progress((step + 1) / self.steps)
+        if self.error is not None:
+            raise self.error
+        return RunResult(content.transpose(Image.Transpose.FLIP_LEFT_RIGHT), {"device": "fake"})
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        self.unloaded += 1
+        return ["fake"]
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    raw: dict[str, Any] = {
+        "paths": {"state_dir": str(tmp_path / "state"), "models_dir": str(tmp_path / "models")}
+    }
+    raw.update(sections)
+    return Settings.model_validate(raw)
+
+
+def make_queue(tmp_path: Path, runner: Any, **sections: dict[str, Any]) -> JobQueue:
+    settings = make_settings(tmp_path, **sections)
+    return JobQueue(
+        database.connect(settings.db_path), open_store(settings), settings.store.bucket, settings, runner
+    )
+
+
+def cyclegan_request(owner: str = "u1", content: bytes | None = None) -> JobRequest:
+    return JobRequest(
+        source="cli", owner=owner, engine="cyclegan", styles=["monet"], content=content or jpeg()
+    )
+
+
+def object_keys(queue: JobQueue, prefix: str) -> list[str]:
+    listing = queue.store.list_objects_v2(Bucket=queue.bucket, Prefix=prefix)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+async def run_until_final(queue: JobQueue, job_id: int, timeout: float = 30) -> Job:
+    worker = asyncio.create_task(queue.run_worker())
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = queue.get(job_id)
+            delivered = job is not None and (job.delivery != "pending" or job.source not in queue._deliverers)
+            if job and job.state in jobs.FINAL_STATES and delivered:
+                return job
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"job {job_id} did not finish: {queue.get(job_id)}")
+    finally:
+        await queue.shutdown(1)
+        worker.cancel()
+
+
+def test_submit_writes_inputs_and_row_before_returning(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        job = await queue.submit(
+            JobRequest(
+                source="telegram",
+                owner="7",
+                engine="nst",
+                content=jpeg(),
+                style_images=[jpeg((0, 0, 255)), jpeg((0, 255, 0))],
+            )
+        )
+        assert job.state == "queued" and job.delivery == "pending"
+        assert job.input_keys == [
+            f"jobs/{job.id}/content.jpg",
+            f"jobs/{job.id}/style-1.jpg",
+            f"jobs/{job.id}/style-2.jpg",
+        ]
+        assert object_keys(queue, job.prefix) == sorted(job.input_keys)
+
+    asyncio.run(scenario())
+
+
+def test_bad_image_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        with pytest.raises(imaging.ImageError, match="content image"):
+            await queue.submit(cyclegan_request(content=b"this is text, not a picture"))
+        assert queue.db["jobs"].count == 0
+        assert object_keys(queue, "jobs/") == []
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_refuses_with_queue_full(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner(), queue={"max_pending": 2, "per_user": 5})
+        await queue.submit(cyclegan_request("a"))
+        await queue.submit(cyclegan_request("b"))
+        with pytest.raises(QueueFull, match="queue is full"):
+            await queue.submit(cyclegan_request("c"))
+        assert queue.db["jobs"].count == 2
+
+    asyncio.run(scenario())
+
+
+def test_per_user_cap_holds(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner(), queue={"max_pending": 10, "per_user": 2})
+        await queue.submit(cyclegan_request("a"))
+        await queue.submit(cyclegan_request("a"))
+        with pytest.raises(UserBusy):
+            await queue.submit(cyclegan_request("a"))
+        await queue.submit(cyclegan_request("b"))
+        # Racing submissions for the last slots never overshoot the cap.
+        results = await asyncio.gather(
+            *(queue.submit(cyclegan_request("c")) for _ in range(6)), return_exceptions=True
+        )
+        assert sum(isinstance(r, Job) for r in results) == 2
+        assert all(isinstance(r, (Job, UserBusy)) for r in results)
+
+    asyncio.run(scenario())
+
+
+def test_worker_runs_job_writes_artifacts_and_delivers_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner(seconds=0.6))
+        seen: list[tuple[str, float]] = []
+        delivered: list[tuple[int, bytes | None]] = []
+        queue.add_listener(lambda job: seen.append((job.state, job.progress)))
+
+        async def deliver(job: Job, result: bytes | None) -> None:
+            delivered.append((job.id, result))
+
+        queue.set_deliverer("cli", deliver)
+        job = await queue.submit(cyclegan_request())
+        done = await run_until_final(queue, job.id)
+        assert done.state == "done" and done.progress == 1.0 and done.delivery == "delivered"
+        assert object_keys(queue, job.prefix) == sorted(
+            [f"{job.prefix}{name}" for name in ("content.jpg", "result.jpg", "report.json")]
+        )
+        report = json.loads(
+            queue.store.get_object(Bucket=queue.bucket, Key=f"{job.prefix}report.json")["Body"].read()
+        )
+        assert report["device"] == "fake" and report["state"] == "done" and report["seconds"] > 0
+        assert len(delivered) == 1 and delivered[0][1][:2] == b"\xff\xd8"
+        progress = [p for state, p in seen if state == "running"]
+        assert progress == sorted(progress) and progress[-1] <= 1.0
+        assert [state for state, _ in seen][0] == "queued" and seen[-1][0] == "done"
+
+    asyncio.run(scenario())
+
+
+def test_cancel_queued_job(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        delivered: list[str] = []
+
+        async def deliver(job: Job, result: bytes | None) -> None:
+            delivered.append(job.state)
+
+        queue.set_deliverer("cli", deliver)
+        job = await queue.submit(cyclegan_request())
+        assert await queue.cancel(job.id)
+        assert queue.get(job.id).state == "cancelled"
+        assert delivered == ["cancelled"]
+        assert not await queue.cancel(job.id)
+
+    asyncio.run(scenario())
+
+
+def test_cancel_running_job(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runner = FakeRunner(seconds=30, steps=3000)
+        queue = make_queue(tmp_path, runner)
+        job = await queue.submit(cyclegan_request())
+        worker = asyncio.create_task(queue.run_worker())
+        await asyncio.to_thread(runner.started.wait, 10)
+        started = time.monotonic()
+        assert await queue.cancel(job.id)
+        while queue.get(job.id).state == "running":
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 1.0
+        assert queue.get(job.id).state == "cancelled"
+        await queue.shutdown(1)
+        worker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_recovery_requeues_in_order_and_fails_repeated_crashes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runner = FakeRunner()
+        queue = make_queue(tmp_path, runner, queue={"max_pending": 10, "per_user": 10})
+        ids = [(await queue.submit(cyclegan_request())).id for _ in range(4)]
+        # Simulate a crash: job 1 was running (first try), job 2 was running for the third time.
+        queue.db["jobs"].update(ids[0], {"state": "running", "attempts": 0})
+        queue.db["jobs"].update(ids[1], {"state": "running", "attempts": 2})
+        await queue.recover()
+        assert queue.get(ids[0]).state == "queued" and queue.get(ids[0]).attempts == 1
+        crashed = queue.get(ids[1])
+        assert crashed.state == "failed" and crashed.error == "failed repeatedly"
+        await run_until_final(queue, ids[3])
+        assert runner.ran == [ids[0], ids[2], ids[3]]
+
+    asyncio.run(scenario())
+
+
+def test_undelivered_results_are_redelivered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "REDELIVERY_DELAYS_S", (0,))
+
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        attempts: list[int] = []
+
+        async def flaky(job: Job, result: bytes | None) -> None:
+            attempts.append(job.id)
+            if len(attempts) == 1:
+                raise ConnectionError("telegram is down")
+
+        queue.set_deliverer("cli", flaky)
+        job = await queue.submit(cyclegan_request())
+        worker = asyncio.create_task(queue.run_worker())
+        while queue.get(job.id).state != "done":
+            await asyncio.sleep(0.02)
+        assert queue.get(job.id).delivery == "pending"
+        await queue.redeliver_pending()
+        assert queue.get(job.id).delivery == "delivered"
+        assert attempts == [job.id, job.id]
+        await queue.shutdown(1)
+        worker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_engine_errors_fail_the_job_with_a_report(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner(error=RuntimeError("CUDA driver exploded")))
+        job = await queue.submit(cyclegan_request())
+        failed = await run_until_final(queue, job.id)
+        assert failed.state == "failed"
+        assert failed.error == "the engine failed: RuntimeError: CUDA driver exploded"
+        report = json.loads(
+            queue.store.get_object(Bucket=queue.bucket, Key=f"{job.prefix}report.json")["Body"].read()
+        )
+        assert "Traceback" in report["traceback"] and report["error"] == failed.error
+        # A user error keeps its own message.
+        queue2 = make_queue(tmp_path / "b", FakeRunner(error=NstdError("style image 1: too small")))
+        job2 = await queue2.submit(cyclegan_request())
+        assert (await run_until_final(queue2, job2.id)).error == "style image 1: too small"
+
+    asyncio.run(scenario())
+
+
+def test_missing_model_fails_job_with_pull_hint(tmp_path: Path) -> None:
+    from nst_daemon.runner import EngineRunner
+
+    async def scenario() -> None:
+        settings = make_settings(tmp_path)
+        queue = make_queue(tmp_path, EngineRunner(settings))
+        job = await queue.submit(cyclegan_request())
+        failed = await run_until_final(queue, job.id)
+        assert failed.error == "model style_monet is not installed: run `nstd models pull style_monet`"
+
+    asyncio.run(scenario())
+
+
+def test_idle_models_are_unloaded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runner = FakeRunner()
+        queue = make_queue(tmp_path, runner, models={"idle_unload_s": 0.1})
+        task = asyncio.create_task(queue.idle_unload_loop(interval_s=0.05))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        assert runner.unloaded >= 1
+
+    asyncio.run(scenario())
+
+
+def test_real_runner_unloads_engine_after_idle(tmp_path: Path, installed_models_dir: Path) -> None:
+    from nst_daemon.runner import EngineRunner
+
+    settings = make_settings(
+        tmp_path,
+        paths={"state_dir": str(tmp_path / "s"), "models_dir": str(installed_models_dir)},
+        cyclegan={"max_side": 64},
+    )
+    runner = EngineRunner(settings)
+
+    async def scenario() -> None:
+        queue = JobQueue(database.connect(settings.db_path), open_store(settings), "nstd", settings, runner)
+        job = await queue.submit(cyclegan_request())
+        await run_until_final(queue, job.id)
+
+    asyncio.run(scenario())
+    assert runner.loaded == ["style_monet"]
+    assert runner.unload_idle(0.0) == ["style_monet"]
+    assert runner.loaded == []
+
+
+def test_retention_sweep_removes_rows_and_objects(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        old = await queue.submit(cyclegan_request())
+        await run_until_final(queue, old.id)
+        queue.db["jobs"].update(old.id, {"created_at": time.time() - 10 * 86400})
+        queue2 = make_queue(tmp_path, FakeRunner())
+        fresh = await queue2.submit(cyclegan_request("other"))
+        assert await queue2.sweep_expired(7 * 86400) == 1
+        assert queue2.get(old.id) is None and object_keys(queue2, old.prefix) == []
+        assert queue2.get(fresh.id) is not None and object_keys(queue2, fresh.prefix)
+
+    asyncio.run(scenario())
+
+
+def test_event_loop_stays_responsive_during_nst(tmp_path: Path, installed_models_dir: Path) -> None:
+    """A loop-lag probe ticks every 10 ms while a real NST job computes in the worker thread."""
+    from nst_daemon.runner import EngineRunner
+
+    settings = make_settings(
+        tmp_path,
+        paths={"state_dir": str(tmp_path / "s"), "models_dir": str(installed_models_dir)},
+        nst={"preset": "fast", "max_side": 96},
+    )
+
+    async def scenario() -> float:
+        queue = JobQueue(
+            database.connect(settings.db_path), open_store(settings), "nstd", settings, EngineRunner(settings)
+        )
+        job = await queue.submit(
+            JobRequest(
+                source="cli",
+                owner="x",
+                engine="nst",
+                content=jpeg(size=(96, 72)),
+                style_images=[jpeg((20, 20, 220), (64, 64))],
+            )
+        )
+        worker = asyncio.create_task(queue.run_worker())
+        worst = 0.0
+        saw_running = False
+        while queue.get(job.id).state in ("queued", "running"):
+            saw_running |= queue.get(job.id).state == "running"
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.perf_counter() - before - 0.01)
+        assert saw_running and queue.get(job.id).state == "done", queue.get(job.id)
+        await queue.shutdown(1)
+        worker.cancel()
+        return worst
+
+    worst = asyncio.run(scenario())
+    assert worst < 0.100, f"event loop stalled for {worst * 1000:.0f} ms"
