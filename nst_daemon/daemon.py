@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from datetime import timedelta
 from typing import Any
 
 from nst_daemon import db as database
@@ -15,6 +16,7 @@ from nst_daemon.jobs import JobQueue, Runner
 from nst_daemon.logs import redactor
 from nst_daemon.manifest import read_manifest
 from nst_daemon.sdnotify import Notifier
+from nst_daemon.store import expire, open_store
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,6 @@ class Daemon:
         self.bot: Any = None
 
     async def start(self) -> None:
-        from nst_daemon.store import open_store
-
         settings = self.settings
         db = database.connect(settings.db_path)
         store = open_store(settings)
@@ -120,6 +120,10 @@ class Daemon:
             try:
                 assert self.queue is not None
                 await self.queue.sweep_expired(days * 86400)
+                # Objects whose job row is gone (a crash between the two deletes) age out here.
+                await asyncio.to_thread(
+                    expire, self.queue.store, self.queue.bucket, "jobs/", timedelta(days=days)
+                )
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(SWEEP_INTERVAL_S)

@@ -25,6 +25,7 @@ from PIL import Image
 from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, NstdError
+from nst_daemon.store import get_bytes
 
 log = logging.getLogger(__name__)
 
@@ -424,11 +425,7 @@ class JobQueue:
         return images[0], images[1:]
 
     def _get_bytes(self, key: str) -> bytes:
-        body = self.store.get_object(Bucket=self.bucket, Key=key)["Body"]
-        try:
-            return body.read()
-        finally:
-            body.close()
+        return get_bytes(self.store, self.bucket, key)
 
     async def _fail(self, job: Job, message: str, trace: str) -> None:
         failed = self._update(job.id, {"state": "failed", "error": message, "finished_at": time.time()})

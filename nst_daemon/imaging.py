@@ -1,0 +1,439 @@
+"""Bytes in, a safe sRGB image out; the resize rules; encoding.
+
+Everything a stranger can send passes through `load_image`, so it refuses early (byte cap, then the pixel
+count read from the header, before any pixel is decoded) and turns every decoder failure into a typed
+`ImageError` whose message a user can read. It knows nothing of Telegram, torch or the queue.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+import stat
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nst_daemon.errors import NstdError
+
+try:
+    from PIL import ImageCms
+except ImportError:  # a Pillow built without littlecms: colours pass through unmanaged
+    ImageCms = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+JPEG_QUALITY = 92
+
+# The decoders strangers' files may reach. Pillow knows dozens more (EPS even runs Ghostscript); none of
+# them is worth the attack surface for photos. MPO is how Pillow names many phone JPEGs.
+_ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+_WHITE = (255, 255, 255)
+_MB = 1024 * 1024
+
+
+class ImageError(NstdError):
+    """An image that cannot be used; str() is the message for the user."""
+
+    default_message = "this image cannot be used"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+
+class NotAnImage(ImageError):
+    default_message = "this file is not an image"
+
+
+class UnsupportedImage(ImageError):
+    default_message = "this image is damaged or incomplete"
+
+
+class ImageTooLarge(ImageError):
+    default_message = "this image has too many pixels"
+
+
+class FileTooLarge(ImageError):
+    default_message = "this file is too large"
+
+
+class UnknownOutputFormat(ImageError, ValueError):
+    default_message = "unknown output format; use .jpg, .jpeg or .png"
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def load_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Image.Image:
+    """Decode `data` into a new, fully loaded RGB image in sRGB with the EXIF orientation applied.
+
+    Animated images give their first frame; transparency is composited onto white; the returned image
+    carries no metadata (`info` is empty: no stale ICC profile, no EXIF/GPS). Raises an `ImageError`
+    subclass for anything it refuses, never a decoder's own exception.
+    """
+    if len(data) > max_bytes:
+        raise FileTooLarge(_file_too_large(len(data), max_bytes))
+    if not data:
+        raise NotAnImage("this file is empty")
+    _register_heif()
+    try:
+        # Lazy: this parses the header only, so the size check below runs before pixels are decoded.
+        image = Image.open(io.BytesIO(data), formats=_open_formats())
+    except UnidentifiedImageError:
+        raise _unidentified(data) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
+    except Image.DecompressionBombWarning as exc:  # only when warnings are turned into errors
+        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
+    except MemoryError as exc:
+        raise ImageTooLarge("not enough memory to open this image") from exc
+    except Exception as exc:  # any parser failure on hostile input is the file's fault, not ours
+        raise UnsupportedImage() from exc
+
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}×{height}; the limit is {_megapixels(max_pixels)} megapixels"
+            )
+        if width < 1 or height < 1:
+            raise UnsupportedImage()
+        try:
+            image.load()  # refuses truncated files: LOAD_TRUNCATED_IMAGES stays False
+            _apply_orientation(image)
+            result = _to_srgb(image)
+        except ImageError:
+            raise
+        except MemoryError as exc:
+            raise ImageTooLarge("not enough memory to decode this image") from exc
+        except Exception as exc:
+            raise UnsupportedImage() from exc
+    result.info = {}
+    return result
+
+
+def load_image_file(
+    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Image.Image:
+    """`load_image` for a file; the size is checked with stat() before a byte is read.
+
+    Every error message starts with the path, so a log line or the CLI names the file at fault.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise FileTooLarge(f"{path}: {_file_too_large(info.st_size, max_bytes)}")
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)  # the file may grow between stat() and read()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return load_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    except ImageError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc.__cause__
+
+
+_heif_lock = threading.Lock()
+_heif_state: bool | None = None
+
+
+def _register_heif() -> bool:
+    """Register pillow-heif's opener once, on first use; False when it is not installed."""
+    global _heif_state
+    if _heif_state is None:
+        with _heif_lock:
+            if _heif_state is None:
+                try:
+                    import pillow_heif
+
+                    pillow_heif.register_heif_opener()
+                    _heif_state = True
+                except Exception as exc:  # missing or broken: HEIC gets a clear refusal instead
+                    log.info("HEIC support is off: pillow-heif is unavailable (%s)", exc)
+                    _heif_state = False
+    return _heif_state
+
+
+def _open_formats() -> tuple[str, ...]:
+    # Image.open raises KeyError for a format it does not know, so name only the registered ones.
+    if not all(name in Image.OPEN for name in _ALLOWED_FORMATS):
+        Image.init()
+    return tuple(name for name in _ALLOWED_FORMATS if name in Image.OPEN)
+
+
+_SUPPORTED_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_OTHER_MAGIC = (
+    (b"8BPS", "Photoshop (PSD)"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"\x00\x00\x01\x00", "icon (ICO)"),
+)
+
+
+def _unidentified(data: bytes) -> ImageError:
+    """Tell a damaged photo or an unsupported format apart from a file that is no image at all."""
+    head = data[:32]
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            if not _register_heif():
+                return UnsupportedImage("HEIC images are not supported here: pillow-heif is not installed")
+            return UnsupportedImage()
+        if brand in (b"avif", b"avis"):
+            return UnsupportedImage("AVIF images are not supported by this installation")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return UnsupportedImage()
+    for magic, _name in _SUPPORTED_MAGIC:
+        if head.startswith(magic):
+            return UnsupportedImage()
+    for magic, name in _OTHER_MAGIC:
+        if head.startswith(magic):
+            return UnsupportedImage(f"{name} images are not supported; send a JPEG, PNG, WebP or HEIC")
+    return NotAnImage()
+
+
+def _bomb_message(exc: Exception, max_pixels: int) -> str:
+    # Pillow refuses before we see the size; its message carries the pixel count, not the dimensions.
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{_megapixels(int(match.group(1)))} megapixels" if match else "too large"
+    return f"image is {size}; the limit is {_megapixels(max_pixels)} megapixels"
+
+
+def _megapixels(pixels: int) -> str:
+    value = pixels / 1_000_000
+    return f"{value:.1f}".removesuffix(".0") if value >= 1 else f"{value:.2g}"
+
+
+def _file_too_large(size: int, limit: int) -> str:
+    limit_mb = f"{limit / _MB:.1f}".removesuffix(".0")
+    return f"file is {size / _MB:.1f} MB; the limit is {limit_mb} MB"
+
+
+def _apply_orientation(image: Image.Image) -> None:
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception as exc:  # a mangled EXIF block should not cost the user their photo
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+
+
+# --- colour --------------------------------------------------------------------------------------------
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to a new 8-bit RGB image in sRGB, alpha composited onto white."""
+    icc = image.info.get("icc_profile")
+    image = _to_8bit(image)
+    if image.mode in ("RGBa", "La"):  # premultiplied
+        image = image.convert(image.mode.upper())
+    if image.mode == "P":
+        has_alpha = "transparency" in image.info or (image.palette is not None and "A" in image.palette.mode)
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    elif image.mode == "PA":
+        image = image.convert("RGBA")
+    elif image.mode == "1":
+        image = image.convert("L")
+    if "transparency" in image.info and image.mode in ("L", "RGB"):  # a tRNS colour key
+        image = image.convert("LA" if image.mode == "L" else "RGBA")
+
+    alpha = None
+    if image.mode in ("RGBA", "LA"):
+        alpha = image.getchannel("A")
+        image = image.convert(image.mode[:-1])
+    if image.mode not in ("RGB", "L", "CMYK", "LAB"):
+        image = image.convert("RGB")
+
+    rgb = _apply_profile(image, icc)
+    if alpha is not None and alpha.getextrema() != (255, 255):
+        background = Image.new("RGB", rgb.size, _WHITE)
+        background.paste(rgb, mask=alpha)
+        rgb = background
+    return rgb
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale to 8-bit L, scaled rather than clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit range for both: Pillow decodes 16-bit PNG/TIFF to I;16*, and "I" has no range of its own.
+        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:  # not normalised: stretch what is there
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
+    return image
+
+
+def _apply_profile(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert RGB/L/CMYK/LAB to sRGB RGB through the embedded profile when there is a usable one."""
+    if ImageCms is not None:
+        try:
+            if icc:
+                source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                # Conversion through an sRGB profile is (nearly) the identity; skip the rounding and time.
+                if image.mode == "RGB" and "sRGB" in (source.profile.profile_description or ""):
+                    return image.convert("RGB")
+                return ImageCms.profileToProfile(image, source, _srgb_profile(), outputMode="RGB")
+            if image.mode == "LAB":
+                return ImageCms.profileToProfile(image, _lab_profile(), _srgb_profile(), outputMode="RGB")
+        except Exception as exc:  # a broken or mismatched profile: fall back to plain conversion
+            log.debug("ignoring unusable ICC profile: %s", exc)
+    return image.convert("RGB")
+
+
+_profiles: dict[str, object] = {}
+
+
+def _srgb_profile() -> object:
+    if "sRGB" not in _profiles:
+        _profiles["sRGB"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    return _profiles["sRGB"]
+
+
+def _lab_profile() -> object:
+    if "LAB" not in _profiles:
+        _profiles["LAB"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))
+    return _profiles["LAB"]
+
+
+# --- geometry ------------------------------------------------------------------------------------------
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """Downscale (Lanczos, aspect kept) so the longest side is at most `max_side`; never upscale.
+
+    Returns `image` itself when it already fits.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
+    return _resize(image, size)
+
+
+def scale_to_area(image: Image.Image, area: int) -> Image.Image:
+    """Resize (Lanczos, aspect kept, up or down) so width × height is about `area`; the whole image stays.
+
+    Returns `image` itself when it already has that size.
+    """
+    if area < 1:
+        raise ValueError(f"area must be at least 1, got {area}")
+    width, height = image.size
+    scale = math.sqrt(area / (width * height))
+    new_width, new_height = round(width * scale), round(height * scale)
+    # A sliver would round one side to 0: keep 1 px there and give the area to the other side.
+    if new_width < 1:
+        new_width, new_height = 1, max(1, area)
+    elif new_height < 1:
+        new_width, new_height = max(1, area), 1
+    if (new_width, new_height) == (width, height):
+        return image
+    return _resize(image, (new_width, new_height))
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # reducing_gap: a cheap box pre-shrink for big reductions; the result is indistinguishable from plain
+    # Lanczos and several times faster on 40-megapixel photos.
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def reflect_pad_to_multiple(array: np.ndarray, multiple: int = 4) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad an H×W or H×W×C array at the bottom and right so both H and W divide by `multiple`.
+
+    Reflect padding (no visible seam for the generator to react to); a side too short to reflect
+    (1 px, or fewer pixels than the padding needs) is edge-padded instead. Returns the padded array and
+    the original (height, width) for `crop_to`. Works for any dtype.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be at least 1, got {multiple}")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"expected an H×W or H×W×C array, got shape {array.shape}")
+    height, width = array.shape[:2]
+    if height < 1 or width < 1:
+        raise ValueError(f"cannot pad an empty array of shape {array.shape}")
+    padded = array
+    for axis, length in ((0, height), (1, width)):
+        extra = -length % multiple
+        if extra:
+            widths = [(0, 0)] * array.ndim
+            widths[axis] = (0, extra)
+            mode = "reflect" if extra <= length - 1 else "edge"
+            padded = np.pad(padded, widths, mode=mode)
+    return padded, (height, width)
+
+
+def crop_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Cut a padded H×W(×C) array back to `size` = (height, width), the second value from the pad."""
+    height, width = size
+    if height > array.shape[0] or width > array.shape[1]:
+        raise ValueError(f"cannot crop shape {array.shape} to {height}×{width}")
+    return array[:height, :width]
+
+
+# --- encoding ------------------------------------------------------------------------------------------
+
+
+def encode_image(image: Image.Image, fmt: str = "jpeg") -> bytes:
+    """Encode as "jpeg" (quality 92, 4:4:4, optimized) or "png"; no metadata is written.
+
+    Untagged output is read as sRGB everywhere, which is what `load_image` produces.
+    """
+    fmt = fmt.lower()
+    if image.mode not in ("RGB", "L"):
+        image = _to_srgb(image)
+    buffer = io.BytesIO()
+    if fmt in ("jpeg", "jpg"):
+        # 4:4:4 keeps the fine colour detail that stylized images are made of.
+        params = {"quality": JPEG_QUALITY, "subsampling": 0, "icc_profile": None}
+        try:
+            image.save(buffer, "JPEG", optimize=True, **params)
+        except OSError:
+            # Pillow sizes the optimize buffer at one byte a pixel; near-noise detail needs more. Plain
+            # Huffman tables have no such limit and cost a few percent in size.
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", **params)
+    elif fmt == "png":
+        image.save(buffer, "PNG", icc_profile=None)
+    else:
+        raise UnknownOutputFormat(f"unknown image format {fmt!r}; use jpeg or png")
+    return buffer.getvalue()
+
+
+def format_for_path(path: Path) -> str:
+    """The `encode_image` format for an output file name: .jpg/.jpeg -> "jpeg", .png -> "png"."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return "jpeg"
+    if suffix == ".png":
+        return "png"
+    shown = f"{suffix!r}" if suffix else "no extension"
+    raise UnknownOutputFormat(f"cannot write {Path(path).name}: {shown}; name the output .jpg, .jpeg or .png")
