@@ -1,8 +1,698 @@
-from nst_daemon.errors import NotImplementedYet
+"""The model catalog and what is done with it: pull, import, verify, list.
+
+Install protocol, the same for pull and import, in this order so that a failure at any step leaves the
+previous state and the daemon never sees a half-installed model:
+1. under the per-file lock, stage every file under a temporary name in models_dir (same filesystem, so the
+   later rename is atomic): a download as `<file>.part`, an import's copy as `<file>.import.part`, the
+   ONNX export as `<name>.onnx.part`;
+2. check the digest, load with `torch.load(weights_only=True)` and validate keys and shapes, export ONNX
+   with its parity check (CycleGAN);
+3. rename the staged files into place;
+4. rewrite the manifest last, under the manifest lock. The daemon reads only the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.filesize import decimal
+from rich.markup import escape
+from rich.table import Table
+
+import nst_daemon
+from nst_daemon import download
+from nst_daemon.config import Settings
+from nst_daemon.errors import NstdError
+from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
+
+KINDS = ("vgg19", "cyclegan")
+SIZE_CAP_FACTOR = 1.5
+LOCK_DIR = ".locks"
+_HASH_CHUNK = 1 << 20
+_PINNED_LABELS = {"catalog": "catalog sha256", "tofu": "first use (tofu)", "import": "import"}
 
 
-def _todo(*args, **kwargs):
-    raise NotImplementedYet("model management is not built yet (issue: model management)")
+class CatalogError(NstdError):
+    """The catalog file is missing or malformed."""
 
 
-print_list = verify_all = pull = import_file = _todo
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    kind: str  # vgg19 | cyclegan
+    style: str
+    url: str
+    file: str
+    size: int
+    sha256: str | None = None
+    size_exact: bool = True
+    source: str = ""
+    license: str = ""
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.size * SIZE_CAP_FACTOR)
+
+    @property
+    def runnable(self) -> str:
+        """The file the engine loads: the checkpoint itself for VGG19, the exported ONNX for CycleGAN."""
+        return self.file if self.kind == "vgg19" else f"{self.name}.onnx"
+
+    @property
+    def files(self) -> list[str]:
+        # The checkpoint first, then what is derived from it.
+        return [self.file] if self.runnable == self.file else [self.file, self.runnable]
+
+    def url_for(self, mirror: str | None) -> str:
+        """A mirror serves the catalog's file names under one base URL."""
+        return f"{mirror.rstrip('/')}/{self.file}" if mirror else self.url
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What the daemon and `nstd doctor` need to know about one catalog model, without hashing anything."""
+
+    name: str
+    kind: str
+    style: str
+    installed: bool  # manifest entry present, its files present, checkpoint size as recorded
+    verified: bool  # installed and its digest matched the catalog's published sha256
+    pinned: str | None  # catalog | tofu | import; None when not installed
+    runnable: Path | None
+    problem: str | None = None  # why a model with a manifest entry does not count as installed
+
+
+@dataclass
+class _Outcome:
+    name: str
+    result: str  # installed | up to date | failed
+    detail: str = ""
+    sha256: str = ""
+
+
+# --- the catalog --------------------------------------------------------------------------------------------
+
+
+def default_catalog_path() -> Path:
+    return Path(nst_daemon.__file__).resolve().parent.parent / "models" / "catalog.toml"
+
+
+def catalog_path(settings: Settings) -> Path:
+    path = settings.models.catalog or default_catalog_path()
+    if not path.is_file():
+        hint = "" if settings.models.catalog else " (nstd looks for models/catalog.toml next to its package)"
+        raise CatalogError(
+            f"model catalog {path} not found{hint}; set models.catalog in the config to a catalog.toml"
+        )
+    return path
+
+
+def load_catalog(path: Path) -> dict[str, CatalogEntry]:
+    """Catalog entries by name, in file order; CatalogError names the file, the entry and the field."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"cannot read model catalog {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"model catalog {path} is not valid TOML: {exc}") from None
+    models = raw.get("models")
+    if not isinstance(models, list) or not models:
+        raise CatalogError(f"model catalog {path} has no [[models]] entries")
+    entries: dict[str, CatalogEntry] = {}
+    for index, item in enumerate(models):
+        entry = _parse_entry(path, index, item)
+        if entry.name in entries:
+            raise CatalogError(f"model catalog {path}: model {entry.name} appears twice")
+        entries[entry.name] = entry
+    return entries
+
+
+def _parse_entry(path: Path, index: int, item: object) -> CatalogEntry:
+    where = f"model catalog {path}: models[{index}]"
+    if not isinstance(item, dict):
+        raise CatalogError(f"{where}: expected a table")
+    known = {"name", "kind", "style", "url", "file", "size", "sha256", "size_exact", "source", "license"}
+    for key in item:
+        if key not in known:
+            raise CatalogError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    for key in ("name", "kind", "url", "file", "size"):
+        if key not in item:
+            raise CatalogError(f"{where}: missing key {key!r}")
+    if item.get("name"):
+        where = f"model catalog {path}: {item['name']}"
+    for key in ("name", "kind", "style", "url", "file", "sha256", "source", "license"):
+        if key in item and not isinstance(item[key], str):
+            raise CatalogError(f"{where}: {key} must be a string")
+    if item["kind"] not in KINDS:
+        raise CatalogError(f"{where}: kind must be one of {', '.join(KINDS)} (got {item['kind']!r})")
+    if not isinstance(item["size"], int) or isinstance(item["size"], bool) or item["size"] <= 0:
+        raise CatalogError(f"{where}: size must be a positive number of bytes")
+    name, file = item["name"], item["file"]
+    for key, value in (("name", name), ("file", file)):
+        if not value or "/" in value or "\\" in value or value.startswith("."):
+            raise CatalogError(f"{where}: {key} must be a plain file name (got {value!r})")
+    sha256 = item.get("sha256") or None
+    if sha256 is not None:
+        sha256 = sha256.lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise CatalogError(f"{where}: sha256 must be 64 hex digits")
+    return CatalogEntry(
+        name=name,
+        kind=item["kind"],
+        style=item.get("style", ""),
+        url=item["url"],
+        file=file,
+        size=item["size"],
+        sha256=sha256,
+        size_exact=bool(item.get("size_exact", True)),
+        source=item.get("source", ""),
+        license=item.get("license", ""),
+    )
+
+
+def get_catalog(settings: Settings) -> dict[str, CatalogEntry]:
+    return load_catalog(catalog_path(settings))
+
+
+def _select(catalog: dict[str, CatalogEntry], names: Iterable[str]) -> list[CatalogEntry]:
+    wanted = list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in catalog]
+    if unknown:
+        raise NstdError(f"unknown model {', '.join(unknown)}; the catalog has: {', '.join(catalog)}")
+    return [catalog[name] for name in wanted] if wanted else list(catalog.values())
+
+
+# --- status -------------------------------------------------------------------------------------------------
+
+
+def installed_status(settings: Settings) -> list[ModelStatus]:
+    """Every catalog model with whether it is installed; cheap (no hashing), for the daemon and doctor."""
+    models_dir = settings.paths.models_dir
+    manifest = read_manifest(models_dir)
+    statuses = []
+    for entry in get_catalog(settings).values():
+        record = manifest.get(entry.name)
+        problem = _install_problem(entry, record, models_dir) if record else None
+        installed = record is not None and problem is None
+        statuses.append(
+            ModelStatus(
+                name=entry.name,
+                kind=entry.kind,
+                style=entry.style,
+                installed=installed,
+                verified=installed and record is not None and record.pinned == "catalog",
+                pinned=record.pinned if record else None,
+                runnable=models_dir / record.runnable if installed and record else None,
+                problem=problem,
+            )
+        )
+    return statuses
+
+
+def _install_problem(entry: CatalogEntry, record: InstalledModel | None, models_dir: Path) -> str | None:
+    """Why `record` does not count as a current install of `entry`, or None.
+
+    Deliberately no re-hash: pull must be cheap to re-run, and 575 MB of VGG19 takes seconds to hash. A
+    changed size or a missing file is what an interrupted copy or a stray edit leaves; `nstd models verify`
+    is the full check.
+    """
+    if record is None:
+        return "not installed"
+    for name in record.files:
+        if not (models_dir / name).is_file():
+            return f"{name} is missing"
+    if not (models_dir / record.runnable).is_file():
+        return f"{record.runnable} is missing"
+    if record.kind != entry.kind:
+        return f"installed as a {record.kind} model, the catalog says {entry.kind}"
+    if entry.file in record.files:
+        size = (models_dir / entry.file).stat().st_size
+        if size != record.size:
+            return f"{entry.file} is {size} bytes, {record.size} were installed"
+    if entry.sha256 and record.pinned != "import" and record.sha256 != entry.sha256:
+        return "the catalog's sha256 changed since it was installed"
+    return None
+
+
+# --- pull ---------------------------------------------------------------------------------------------------
+
+
+def pull(
+    settings: Settings,
+    names: list[str],
+    *,
+    mirror: str | None = None,
+    force: bool = False,
+    console: Console | None = None,
+) -> int:
+    """Download, verify, validate, convert and install models (all when `names` is empty).
+
+    Continues past a failed model and raises one NstdError naming every failure at the end; 0 on success.
+    """
+    console = console or Console()
+    selected = _select(get_catalog(settings), names)
+    base = settings.models.mirror if mirror is None else mirror.strip()
+    if base and not base.lower().startswith(("http://", "https://")):
+        raise NstdError(f"mirror {base!r} is not an http:// or https:// URL")
+    models_dir = _ensure_models_dir(settings)
+
+    outcomes: list[_Outcome] = []
+    for entry in selected:
+        try:
+            outcomes.append(_pull_one(entry, models_dir, base, force=force, console=console))
+        except Exception as exc:  # one model's failure must not stop the others
+            message = exc.message if isinstance(exc, NstdError) else f"{type(exc).__name__}: {exc}"
+            if len(selected) > 1:  # a single model's failure is the error line itself
+                console.print(f"[red]{escape(entry.name)}: failed:[/] {escape(message)}", highlight=False)
+            outcomes.append(_Outcome(entry.name, "failed", message))
+
+    if len(outcomes) > 1:
+        _print_summary(outcomes, console)
+    failed = [outcome for outcome in outcomes if outcome.result == "failed"]
+    if not failed:
+        return 0
+    if len(failed) == 1 and len(outcomes) == 1:
+        raise NstdError(f"{failed[0].name}: {failed[0].detail}")
+    raise NstdError(
+        f"{len(failed)} of {len(outcomes)} models failed: "
+        + "; ".join(f"{outcome.name} ({outcome.detail})" for outcome in failed)
+    )
+
+
+def _pull_one(
+    entry: CatalogEntry, models_dir: Path, mirror: str, *, force: bool, console: Console
+) -> _Outcome:
+    name = entry.name
+
+    def waiting() -> None:
+        console.print(f"{name}: another nstd is installing {entry.file}; waiting for it to finish")
+
+    with download.file_lock(_lock_path(models_dir, entry.file), on_wait=waiting):
+        # Checked under the lock: a concurrent pull that finished while we waited makes this a no-op.
+        record = read_manifest(models_dir).get(name)
+        if not force and _install_problem(entry, record, models_dir) is None:
+            assert record is not None
+            console.print(f"{name}: already installed (sha256 {record.sha256[:12]}); --force downloads again")
+            return _Outcome(name, "up to date", "", record.sha256)
+
+        url = entry.url_for(mirror)
+        part = models_dir / f"{entry.file}.part"
+        if force:
+            part.unlink(missing_ok=True)  # --force means from scratch, not a resume of an old attempt
+        console.print(escape(f"{name}: downloading {url}"), highlight=False)
+        try:
+            got = download.fetch(
+                url, part, max_bytes=entry.max_bytes, expected_size=entry.size, label=name, console=console
+            )
+        except download.HttpStatusError as exc:
+            if exc.status == 404:
+                raise NstdError(
+                    f"not found at {url} (HTTP 404); try --mirror URL or `nstd models import {name} FILE`"
+                ) from None
+            raise
+        if got.resumed_from:
+            console.print(f"{name}: resumed an earlier download at {got.resumed_from} bytes")
+
+        pinned = _check_digest(entry, record, got.sha256, part, url, console)
+        installed = _install(
+            entry,
+            models_dir,
+            part,
+            sha256=got.sha256,
+            size=got.size,
+            source=url,
+            pinned=pinned,
+            console=console,
+        )
+        return _Outcome(name, "installed", _describe_pin(installed), installed.sha256)
+
+
+def _check_digest(
+    entry: CatalogEntry,
+    record: InstalledModel | None,
+    actual: str,
+    part: Path,
+    url: str,
+    console: Console,
+) -> str:
+    """The pin kind for a downloaded file; an error, with the download deleted, when its digest is wrong."""
+    if entry.sha256:
+        if actual != entry.sha256:
+            part.unlink(missing_ok=True)
+            raise NstdError(
+                f"sha256 mismatch for {url}: expected {entry.sha256}, got {actual}; "
+                "the download was deleted and nothing was installed"
+            )
+        console.print(f"{entry.name}: sha256 matches the catalog")
+        return "catalog"
+    if record is not None and record.pinned == "tofu" and record.sha256 != actual:
+        # The point of pinning on first use: a later download that differs is refused, not silently taken.
+        part.unlink(missing_ok=True)
+        raise NstdError(
+            f"sha256 of the new download from {url} is {actual}, but {record.sha256} was pinned on first "
+            f"use; nothing was changed. If you trust the new file, install it with "
+            f"`nstd models import {entry.name} FILE`"
+        )
+    if record is None or record.pinned != "tofu":
+        console.print(
+            f"[yellow]{entry.name}: no sha256 is published for this file; trusting it on first use and "
+            f"pinning sha256 {actual}[/] (later pulls and `nstd models verify` compare against it)",
+            highlight=False,
+        )
+    return "tofu"
+
+
+# --- import -------------------------------------------------------------------------------------------------
+
+
+def import_file(
+    settings: Settings, name: str, file: Path, *, console: Console | None = None
+) -> InstalledModel:
+    """Validate, convert and install a checkpoint from a local file, the same way pull does."""
+    console = console or Console()
+    (entry,) = _select(get_catalog(settings), [name])
+    source = Path(file).expanduser()
+    if not source.exists():
+        raise NstdError(f"{source}: no such file")
+    if not source.is_file():
+        raise NstdError(f"{source} is not a regular file")
+    models_dir = _ensure_models_dir(settings)
+
+    with download.file_lock(_lock_path(models_dir, entry.file)):
+        # Not `<file>.part`: that may hold an interrupted download worth resuming (or be the source itself).
+        part = models_dir / f"{entry.file}.import.part"
+        if source.resolve() == part.resolve():
+            raise NstdError(f"{source} is nstd's own staging file; copy it elsewhere first")
+        try:
+            # Copy first and check the copy: the source may change under us, what we install may not.
+            sha256, size = _copy_hashing(source, part)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise NstdError(f"cannot read {source}: {exc.strerror or exc}") from None
+        mismatch = bool(entry.sha256) and sha256 != entry.sha256
+        pinned = "catalog" if entry.sha256 and not mismatch else "import"
+        notes = []
+        if mismatch:
+            notes.append(f"imported with sha256 {sha256}; the catalog lists {entry.sha256}")
+        installed = _install(
+            entry,
+            models_dir,
+            part,
+            sha256=sha256,
+            size=size,
+            source=source.resolve().as_uri(),
+            pinned=pinned,
+            console=console,
+            notes=notes,
+        )
+    if mismatch:
+        console.print(
+            f"[yellow]warning:[/] {escape(name)}: the sha256 of {escape(str(source))} is {sha256}, "
+            f"the catalog lists {entry.sha256}; installed anyway because it validates as a {entry.kind} "
+            "checkpoint, and pinned to the imported digest",
+            highlight=False,
+        )
+    return installed
+
+
+def _copy_hashing(source: Path, target: Path) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    with source.open("rb") as src, target.open("wb") as dst:
+        while chunk := src.read(_HASH_CHUNK):
+            hasher.update(chunk)
+            dst.write(chunk)
+            size += len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return hasher.hexdigest(), size
+
+
+# --- install ------------------------------------------------------------------------------------------------
+
+
+def _install(
+    entry: CatalogEntry,
+    models_dir: Path,
+    part: Path,
+    *,
+    sha256: str,
+    size: int,
+    source: str,
+    pinned: str,
+    console: Console,
+    notes: list[str] | None = None,
+) -> InstalledModel:
+    """Validate the staged checkpoint `part`, build the runnable file, rename into place, record it."""
+    notes = list(notes or [])
+    staged = [part]
+    try:
+        validate_checkpoint(entry.kind, part)
+        if entry.kind == "cyclegan":
+            from nst_daemon.engines import cyclegan
+
+            onnx_part = models_dir / f"{entry.runnable}.part"
+            staged.append(onnx_part)
+            console.print(f"{entry.name}: converting to ONNX (checking it against PyTorch)")
+            started = time.perf_counter()
+            diff = cyclegan.export_onnx(part, onnx_part)
+            notes.append(f"ONNX export: max abs difference to PyTorch {diff:.1e}")
+            console.print(
+                f"{entry.name}: ONNX export ok in {time.perf_counter() - started:.1f} s "
+                f"(max abs difference {diff:.1e})"
+            )
+            os.replace(onnx_part, models_dir / entry.runnable)
+        os.replace(part, models_dir / entry.file)
+        _fsync_dir(models_dir)
+    except BaseException:
+        for path in staged:
+            path.unlink(missing_ok=True)
+        raise
+    record = InstalledModel(
+        name=entry.name,
+        kind=entry.kind,
+        sha256=sha256,
+        size=size,
+        source=source,
+        installed_at=time.time(),
+        files=entry.files,
+        runnable=entry.runnable,
+        pinned=pinned,
+        notes=notes,
+    )
+    with download.file_lock(_lock_path(models_dir, "manifest")):
+        models = read_manifest(models_dir)
+        previous = models.get(entry.name)
+        models[entry.name] = record
+        write_manifest(models_dir, models)
+    if previous is not None:
+        for stale in set(previous.files) - set(record.files):
+            (models_dir / stale).unlink(missing_ok=True)
+    console.print(
+        f"[green]{entry.name}: installed[/] {entry.runnable} ({decimal(size)}, sha256 {sha256[:12]}, "
+        f"pinned: {_PINNED_LABELS.get(pinned, pinned)})",
+        highlight=False,
+    )
+    return record
+
+
+def validate_checkpoint(kind: str, path: Path) -> None:
+    """Load with weights_only and check keys and shapes against the architecture; NstdError names the key."""
+    import torch
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NstdError(
+            f"{path.name} is not a loadable PyTorch checkpoint ({first_line}); nothing was installed"
+        ) from None
+    try:
+        if kind == "vgg19":
+            from nst_daemon.engines.vgg import validate_vgg_state_dict
+
+            validate_vgg_state_dict(raw)
+        else:
+            from nst_daemon.engines.cyclegan import clean_generator_state_dict
+
+            clean_generator_state_dict(raw)
+    except NstdError as exc:
+        raise NstdError(f"{exc.message}; nothing was installed") from None
+
+
+def _ensure_models_dir(settings: Settings) -> Path:
+    models_dir = settings.paths.models_dir
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NstdError(f"cannot create the models directory {models_dir}: {exc.strerror or exc}") from None
+    return models_dir
+
+
+def _fsync_dir(path: Path) -> None:
+    # The renames are the commit point of an install; make them survive a power cut.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_path(models_dir: Path, file: str) -> Path:
+    # Lock files live apart from the models: they are never deleted (see download.file_lock).
+    return models_dir / LOCK_DIR / f"{file}.lock"
+
+
+# --- verify -------------------------------------------------------------------------------------------------
+
+
+def verify_all(settings: Settings, console: Console) -> int:
+    """Re-hash and re-validate every installed model; 1 when anything is wrong or nothing is installed."""
+    models_dir = settings.paths.models_dir
+    catalog = get_catalog(settings)
+    manifest = read_manifest(models_dir)
+    if not manifest:
+        console.print("no models installed: run `nstd models pull`")
+        return 1
+    problems: dict[str, str] = {}
+    for name, record in manifest.items():
+        lock_name = _checkpoint_file(record) or record.runnable
+        with download.file_lock(_lock_path(models_dir, lock_name)):
+            problem = _verify_one(record, catalog.get(name), models_dir)
+        if problem:
+            problems[name] = problem
+            console.print(f"[red]{escape(name)}: FAILED:[/] {escape(problem)}", highlight=False)
+        else:
+            console.print(
+                f"[green]{name}: ok[/] (sha256 {record.sha256[:12]}, "
+                f"pinned: {_PINNED_LABELS.get(record.pinned, record.pinned)})",
+                highlight=False,
+            )
+    if problems:
+        console.print(
+            f"[red]verify failed for {len(problems)} of {len(manifest)} models:[/] {', '.join(problems)}; "
+            "re-install with `nstd models pull --force NAME` or `nstd models import NAME FILE`",
+            highlight=False,
+        )
+        return 1
+    return 0
+
+
+def _verify_one(record: InstalledModel, entry: CatalogEntry | None, models_dir: Path) -> str | None:
+    for name in [*record.files, record.runnable]:
+        if not (models_dir / name).is_file():
+            return f"{name} is missing"
+    checkpoint_name = _checkpoint_file(record)
+    if checkpoint_name is None:
+        return "the manifest records no checkpoint file to check"
+    checkpoint = models_dir / checkpoint_name
+    actual = _sha256_file(checkpoint)
+    if actual != record.sha256:
+        return f"{checkpoint.name} has sha256 {actual}, expected {record.sha256} (pinned: {record.pinned})"
+    if record.pinned == "catalog" and entry is not None and entry.sha256 and entry.sha256 != actual:
+        return f"{checkpoint.name} has sha256 {actual}, but the catalog now lists {entry.sha256}"
+    try:
+        validate_checkpoint(record.kind, checkpoint)
+    except NstdError as exc:
+        return exc.message.removesuffix("; nothing was installed")
+    if record.runnable.endswith(".onnx"):
+        return _check_onnx_loads(models_dir / record.runnable)
+    return None
+
+
+def _checkpoint_file(record: InstalledModel) -> str | None:
+    """The recorded file whose digest the manifest holds: the checkpoint, not a derived ONNX file."""
+    return next((name for name in record.files if not name.endswith(".onnx")), None)
+
+
+def _check_onnx_loads(path: Path) -> str | None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{path.name} does not load in ONNX Runtime: {first_line}"
+    return None
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+# --- list ---------------------------------------------------------------------------------------------------
+
+
+def print_list(settings: Settings, console: Console) -> None:
+    """A table of catalog models: installed or not, size, short sha256, how it is pinned, runnable file."""
+    models_dir = settings.paths.models_dir
+    catalog = get_catalog(settings)
+    manifest = read_manifest(models_dir)
+    table = Table(title=f"models in {models_dir}", title_justify="left")
+    for column in ("name", "style", "installed", "size", "sha256", "verified", "runnable"):
+        table.add_column(column, no_wrap=column in ("name", "sha256"))
+    statuses = {status.name: status for status in installed_status(settings)}
+    for entry in catalog.values():
+        status = statuses[entry.name]
+        record = manifest.get(entry.name)
+        if status.installed and record is not None:
+            installed = "[green]yes[/]"
+            size, digest = decimal(record.size), record.sha256[:12]
+            verified = _PINNED_LABELS.get(record.pinned, record.pinned)
+            runnable = record.runnable
+        else:
+            installed = f"[yellow]no[/] ({escape(status.problem)})" if status.problem else "no"
+            approx = "" if entry.size_exact else "~"
+            size, digest = approx + decimal(entry.size), (entry.sha256 or "")[:12] or "-"
+            verified, runnable = "-", "-"
+        table.add_row(entry.name, entry.style or "(NST)", installed, size, digest, verified, runnable)
+    console.print(table)
+
+
+def _print_summary(outcomes: list[_Outcome], console: Console) -> None:
+    table = Table(title="summary", title_justify="left")
+    for column in ("model", "result", "sha256", "detail"):
+        table.add_column(column, no_wrap=column in ("model", "sha256"))
+    colours = {"installed": "green", "up to date": "green", "failed": "red"}
+    for outcome in outcomes:
+        colour = colours.get(outcome.result, "white")
+        table.add_row(
+            outcome.name,
+            f"[{colour}]{outcome.result}[/]",
+            outcome.sha256[:12] or "-",
+            escape(outcome.detail),
+        )
+    console.print(table)
+
+
+def _describe_pin(record: InstalledModel) -> str:
+    return f"pinned: {_PINNED_LABELS.get(record.pinned, record.pinned)}"
+
+
+__all__ = [
+    "CatalogEntry",
+    "CatalogError",
+    "ModelStatus",
+    "catalog_path",
+    "get_catalog",
+    "import_file",
+    "installed_status",
+    "load_catalog",
+    "print_list",
+    "pull",
+    "validate_checkpoint",
+    "verify_all",
+]
