@@ -38,7 +38,7 @@ def job_row(db_path: Path, owner_suffix: str) -> dict | None:
 
 def slow_nst_config(daemon_config):
     # Big enough that the job is still computing when the test interrupts it.
-    return daemon_config(watch={"enabled": True, "settle_s": 0.1}, nst={"preset": "best", "max_side": 160})
+    return daemon_config(watch={"enabled": True, "settle_s": 0.1}, nst={"preset": "fast", "max_side": 128})
 
 
 def test_sigkill_mid_job_then_restart_delivers_exactly_once(daemon_config, daemon_process) -> None:
