@@ -1,0 +1,452 @@
+"""Pretrained CycleGAN generators: the resnet_9blocks network, ONNX export, and the ONNX Runtime engine.
+
+The torch network exists only to load an upstream `latest_net_G` checkpoint and export it once; the daemon
+runs the exported .onnx through ONNX Runtime (CUDA provider, CPU fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
+from nst_daemon.errors import NstdError
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+log = logging.getLogger(__name__)
+
+NGF = 64
+N_BLOCKS = 9
+MULTIPLE = 4  # two stride-2 downsamplings: H and W must be divisible by 4
+MIN_SIDE = 5  # padded to 8, the residual blocks see 2 px: the least their reflect padding accepts
+EXPORT_CHECK_TOLERANCE = 1e-4
+EXPORT_CHECK_SIZES = ((68, 84), (64, 48))  # (H, W): an odd multiple of 4 and a non-square one
+OPSET = 18
+_LEGACY_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
+
+
+def _norm(channels: int) -> nn.InstanceNorm2d:
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        # Indices 0..6 as upstream (no dropout): the keys are conv_block.1.* and conv_block.5.*.
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            _norm(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            _norm(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """pytorch-CycleGAN-and-pix2pix `resnet_9blocks` (ngf 64, instance norm, reflect padding, no dropout).
+
+    Input and output are RGB in [-1, 1], (N, 3, H, W) with H and W divisible by 4.
+    """
+
+    def __init__(self, ngf: int = NGF, n_blocks: int = N_BLOCKS) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ngf, kernel_size=7, padding=0, bias=True),
+            _norm(ngf),
+            nn.ReLU(True),
+        ]
+        for i in range(2):
+            mult = 2**i
+            layers += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=True),
+                _norm(ngf * mult * 2),
+                nn.ReLU(True),
+            ]
+        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        for i in range(2):
+            mult = 2 ** (2 - i)
+            layers += [
+                nn.ConvTranspose2d(
+                    ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=True
+                ),
+                _norm(ngf * mult // 2),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, kernel_size=7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def clean_generator_state_dict(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """Drop legacy InstanceNorm buffers, check every key and shape; CheckpointError names the first bad key.
+
+    Old upstream files carry running_mean/running_var/num_batches_tracked for InstanceNorm layers that
+    never used them; upstream's own loader deletes them the same way.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(
+            f"not a CycleGAN generator: expected a mapping of tensors, got {type(state_dict)}"
+        )
+    cleaned = {
+        key.removeprefix("module."): value
+        for key, value in state_dict.items()
+        if not (isinstance(key, str) and key.endswith(_LEGACY_SUFFIXES))
+    }
+    with torch.device("meta"):  # shapes only: no memory, no random init
+        expected = ResnetGenerator().state_dict()
+    for key, tensor in expected.items():
+        value = cleaned.get(key)
+        if value is None:
+            raise CheckpointError(f"not a resnet_9blocks CycleGAN generator: key {key} is missing")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"not a resnet_9blocks CycleGAN generator: {key} is not a tensor")
+        if value.shape != tensor.shape:
+            raise CheckpointError(
+                f"not a resnet_9blocks CycleGAN generator: {key} has shape {tuple(value.shape)}, "
+                f"expected {tuple(tensor.shape)}"
+            )
+    unexpected = sorted(set(cleaned) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"not a resnet_9blocks CycleGAN generator: unexpected key {unexpected[0]}")
+    return {key: value.float() for key, value in cleaned.items()}  # type: ignore[union-attr]
+
+
+def load_generator(checkpoint: Path | Mapping[str, torch.Tensor]) -> ResnetGenerator:
+    """A frozen generator from an upstream `latest_net_G` file (or an already loaded state dict)."""
+    if isinstance(checkpoint, Mapping):
+        raw: object = checkpoint
+    else:
+        try:
+            raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"CycleGAN checkpoint {checkpoint} does not exist") from None
+        except Exception as exc:  # torch raises many types for a corrupt or foreign file
+            raise CheckpointError(f"cannot read CycleGAN checkpoint {checkpoint}: {exc}") from None
+    weights = clean_generator_state_dict(raw)  # type: ignore[arg-type]
+    with torch.device("meta"):
+        generator = ResnetGenerator()
+    generator.load_state_dict(weights, strict=True, assign=True)
+    generator.requires_grad_(False)
+    return generator.eval()
+
+
+# --- ONNX export --------------------------------------------------------------------------------------------
+
+
+def _export(generator: ResnetGenerator, path: Path, *, dynamo: bool) -> None:
+    sample = torch.zeros(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        # The exporters are chatty about deprecations that do not concern a fixed, traced network.
+        warnings.simplefilter("ignore")
+        if dynamo:
+            height, width = torch.export.Dim("height"), torch.export.Dim("width")
+            torch.onnx.export(
+                generator,
+                (sample,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes={"x": {2: 4 * height, 3: 4 * width}},
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                generator,
+                (sample,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {2: "height", 3: "width"}, "output": {2: "height", 3: "width"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+
+
+def check_onnx(
+    generator: ResnetGenerator, onnx_path: Path, sizes: tuple[tuple[int, int], ...] = EXPORT_CHECK_SIZES
+) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and torch on seeded random inputs of `sizes`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for height, width in sizes:
+        sample = rng.uniform(-1.0, 1.0, size=(1, 3, height, width)).astype(np.float32)
+        with torch.inference_mode():
+            expected = generator(torch.from_numpy(sample)).numpy()
+        (actual,) = session.run(None, {name: sample})
+        if actual.shape != expected.shape:
+            raise ConversionError(
+                f"ONNX output shape {actual.shape} != torch {expected.shape} at {height}x{width}"
+            )
+        worst = max(worst, float(np.abs(actual - expected).max()))
+    return worst
+
+
+def export_onnx(checkpoint: Path, onnx_path: Path, *, dynamo: bool | None = None) -> float:
+    """Export a generator checkpoint to ONNX (dynamic H and W), verify it with ONNX Runtime, write atomically.
+
+    `dynamo=None` uses the TorchScript exporter (about 1 s, against about 10 s for the dynamo exporter on
+    a 2-core CPU, with identical numerics) and falls back to dynamo when the legacy one fails or is gone.
+    Returns the max abs difference against torch; ConversionError when it exceeds 1e-4 or export fails.
+    """
+    checkpoint = Path(checkpoint)
+    generator = load_generator(checkpoint)
+    onnx_path = Path(onnx_path)
+    try:
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{onnx_path.name}-", suffix=".tmp", dir=onnx_path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        started = time.perf_counter()
+        exporter = _run_exporter(generator, tmp, checkpoint.name, dynamo)
+        exported = time.perf_counter()
+        try:
+            diff = check_onnx(generator, tmp)
+        except ConversionError:
+            raise
+        except Exception as exc:
+            raise ConversionError(f"ONNX Runtime cannot run the export of {checkpoint.name}: {exc}") from exc
+        if not diff < EXPORT_CHECK_TOLERANCE:
+            raise ConversionError(
+                f"ONNX export of {checkpoint.name} differs from PyTorch by {diff:.2e} "
+                f"(limit {EXPORT_CHECK_TOLERANCE:.0e}); not installing it"
+            )
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the model is no secret
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, onnx_path)
+        except OSError as exc:
+            raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
+        log.info(
+            "exported %s -> %s with the %s exporter in %.1f s (check %.1f s, max diff %.1e)",
+            checkpoint.name,
+            onnx_path.name,
+            exporter,
+            exported - started,
+            time.perf_counter() - exported,
+            diff,
+        )
+        return diff
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _run_exporter(generator: ResnetGenerator, path: Path, name: str, dynamo: bool | None) -> str:
+    attempts = [dynamo] if dynamo is not None else [False, True]
+    failure: Exception | None = None
+    for use_dynamo in attempts:
+        label = "dynamo" if use_dynamo else "torchscript"
+        try:
+            _export(generator, path, dynamo=use_dynamo)
+            return label
+        except Exception as exc:
+            log.warning("ONNX export of %s with the %s exporter failed: %s", name, label, exc)
+            failure = exc
+    assert failure is not None
+    raise ConversionError(f"ONNX export of {name} failed: {type(failure).__name__}: {failure}") from failure
+
+
+# --- pre/post-processing ------------------------------------------------------------------------------------
+
+
+def to_model_input(image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB image -> (1, 3, H', W') float32 in [-1, 1], reflect-padded to a multiple of 4; and the (h, w)."""
+    from nst_daemon.imaging import reflect_pad_to_multiple
+
+    if min(image.size) < MIN_SIDE:
+        width, height = image.size
+        raise NstdError(
+            f"the image is too small ({width}×{height} px); each side needs at least {MIN_SIDE} px"
+        )
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    padded, size = reflect_pad_to_multiple(array, MULTIPLE)
+    return np.ascontiguousarray(padded.transpose(2, 0, 1)[None]), size
+
+
+def from_model_output(output: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """(1, 3, H', W') in [-1, 1] -> RGB image cropped back to `size` (h, w)."""
+    from nst_daemon.imaging import crop_to
+
+    array = crop_to(output[0].transpose(1, 2, 0), size)
+    pixels = np.clip((array + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+# --- the ONNX Runtime engine --------------------------------------------------------------------------------
+
+
+def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict[str, object]]]:
+    """Providers in preference order, limited to those this onnxruntime build has."""
+    import onnxruntime as ort
+
+    device = (device or "auto").strip().lower()
+    if device.startswith("cuda:") and device[5:].isdigit():
+        device, device_id = "cuda", int(device[5:])
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"unknown device {device!r}; expected auto, cpu or cuda")
+    available = ort.get_available_providers()
+    providers: list[str | tuple[str, dict[str, object]]] = []
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        providers.append(
+            (
+                "CUDAExecutionProvider",
+                {
+                    "device_id": device_id,
+                    # Exhaustive search re-runs (~0.5 s) for every new image shape; the heuristic is instant.
+                    "cudnn_conv_algo_search": "HEURISTIC",
+                    # Grow the arena by what is asked, not by powers of two: a 4 GB card has no slack.
+                    "arena_extend_strategy": "kSameAsRequested",
+                },
+            )
+        )
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class CycleGANEngine:
+    """One exported generator behind an ONNX Runtime session."""
+
+    def __init__(self, onnx_path: Path, device: str = "auto", device_id: int = 0) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.device = (device or "auto").strip().lower()
+        if self.device.startswith("cuda:"):
+            self.device, _, index = self.device.partition(":")
+            device_id = int(index) if index.isdigit() else device_id
+        self.device_id = device_id
+        self._session: InferenceSession | None = None
+        self._input_name = ""
+        self._lock = threading.Lock()  # one run at a time: sessions are thread-safe, memory is not
+        self._load_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    @property
+    def provider(self) -> str:
+        """The provider that actually runs the model (ORT falls back to CPU silently); "" when unloaded."""
+        return self._session.get_providers()[0] if self._session is not None else ""
+
+    @property
+    def device_name(self) -> str:
+        return {"CUDAExecutionProvider": f"cuda:{self.device_id}", "CPUExecutionProvider": "cpu"}.get(
+            self.provider, self.provider
+        )
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self._session is None:
+                self._load()
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        from nst_daemon.engines.device import physical_cores
+
+        if not self.onnx_path.is_file():
+            raise CheckpointError(f"ONNX model {self.onnx_path} does not exist")
+        providers = provider_list(self.device, self.device_id)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = physical_cores()
+        quiet = self.device == "auto" and len(providers) > 1
+        if quiet:
+            # A CUDA provider that cannot load is reported by ORT's global logger as several coloured
+            # error lines; with "auto" that is an expected outcome, logged once below instead. An
+            # explicit --device cuda keeps ORT's own explanation (missing CUDA/cuDNN libraries).
+            ort.set_default_logger_severity(4)
+        try:
+            session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
+        except Exception as exc:
+            raise CheckpointError(f"ONNX Runtime cannot load {self.onnx_path.name}: {exc}") from None
+        finally:
+            if quiet:
+                ort.set_default_logger_severity(2)  # ORT's default
+        actual = session.get_providers()[0]
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if self.device.startswith("cuda") and actual != "CUDAExecutionProvider":
+            raise DeviceError(
+                f"device {self.device} was requested but ONNX Runtime runs {self.onnx_path.name} on "
+                f"{actual} (is the CUDA provider installed with matching CUDA and cuDNN?); "
+                "use --device auto or cpu, or run `nstd doctor`"
+            )
+        if actual != wanted:
+            log.warning(
+                "%s: %s could not start, running on %s (`nstd doctor` shows why)",
+                self.onnx_path.name,
+                wanted,
+                actual,
+            )
+        else:
+            log.info("%s runs on %s", self.onnx_path.name, actual)
+        self._session = session
+        self._input_name = session.get_inputs()[0].name
+        # The first run allocates the arena and picks kernels; pay it at load, not in the first job.
+        warm = np.zeros((1, 3, 64, 64), dtype=np.float32)
+        session.run(None, {self._input_name: warm})
+
+    def unload(self) -> None:
+        self._session = None
+
+    def stylize(
+        self, image: Image.Image, *, max_side: int | None = None, cancel: threading.Event | None = None
+    ) -> Image.Image:
+        """Translate an RGB image; the result has the input's size after fit_within(max_side)."""
+        from nst_daemon.imaging import fit_within
+
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if max_side is not None:
+            image = fit_within(image, max_side)
+        batch, size = to_model_input(image)
+        output = self.run_array(batch)
+        # A session run cannot be interrupted; a cancel during it discards the result.
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        return from_model_output(output, size)
+
+    def run_array(self, batch: np.ndarray) -> np.ndarray:
+        """The raw generator: (1, 3, H, W) float32 in [-1, 1], H and W divisible by 4 -> same shape."""
+        self.load()
+        session = self._session  # an idle unload from another thread must not pull it from under us
+        assert session is not None
+        with self._lock:
+            (output,) = session.run(None, {self._input_name: np.ascontiguousarray(batch, np.float32)})
+        return output

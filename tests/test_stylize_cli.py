@@ -1,0 +1,154 @@
+"""`nstd stylize` end to end, as a user runs it: the console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from checkpoints import random_image
+from PIL import Image
+
+NSTD = str(Path(sys.executable).parent / "nstd")
+
+
+def write_config(path: Path, models_dir: Path, state_dir: Path) -> Path:
+    path.write_text(
+        f"""
+[paths]
+models_dir = "{models_dir}"
+state_dir = "{state_dir}"
+
+[nst]
+preset = "fast"
+max_side = 64
+device = "cpu"
+
+[cyclegan]
+max_side = 64
+device = "cpu"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, installed_models_dir: Path) -> Path:
+    return write_config(tmp_path / "config.toml", installed_models_dir, tmp_path / "state")
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.jpg"
+    random_image((80, 60), seed=11).save(path, quality=95)
+    return path
+
+
+def nstd(config: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    # One torch thread: on 32-pixel images OpenMP's fork-join costs more than a second core gains.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [NSTD, "--config", str(config), "stylize", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+def test_cyclegan_style(config: Path, photo: Path, tmp_path: Path) -> None:
+    output = tmp_path / "monet.png"
+    result = nstd(config, photo, "-o", output, "--style", "Monet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Image.open(output) as image:
+        assert image.format == "PNG" and image.size == (64, 48)
+    assert "CPUExecutionProvider" in result.stdout
+    assert " s on " in result.stdout
+
+
+def test_two_style_nst(config: Path, photo: Path, tmp_path: Path) -> None:
+    styles = []
+    for seed, size in ((12, (40, 40)), (13, (30, 50))):
+        path = tmp_path / f"style{seed}.png"
+        random_image(size, seed=seed).save(path)
+        styles.append(path)
+    output = tmp_path / "out.jpg"
+    result = nstd(
+        config, photo, "-o", output, "--style-image", styles[0], "--style-image", styles[1],
+        "--preset", "fast", "--max-side", "32", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Image.open(output) as image:
+        assert image.format == "JPEG" and image.size == (32, 24)
+    assert "cpu" in result.stdout and "wrote" in result.stdout
+
+
+def test_unknown_style(config: Path, photo: Path, tmp_path: Path) -> None:
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", "--style", "picasso"))
+    assert "unknown style 'picasso'" in line and "monet" in line
+
+
+def test_missing_model(tmp_path: Path, photo: Path) -> None:
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    config = write_config(tmp_path / "empty.toml", empty, tmp_path / "state")
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", "--style", "vangogh"))
+    assert "nstd models pull style_vangogh" in line
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", photo))
+    assert "nstd models pull vgg19" in line
+
+
+def test_bad_image(config: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("not an image", encoding="utf-8")
+    line = one_error_line(nstd(config, bogus, "-o", tmp_path / "x.jpg", "--style", "cezanne"))
+    assert "notes.jpg" in line and "not an image" in line
+
+
+def test_bad_style_image(config: Path, photo: Path, tmp_path: Path) -> None:
+    line = one_error_line(
+        nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", tmp_path / "absent.png")
+    )
+    assert "absent.png" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--style", "monet", "--style-image", "s.png"), "exactly one of"),
+        ((), "exactly one of"),
+        (("--style", "monet", "--preserve-colors"), "--preserve-colors"),
+    ],
+)
+def test_argument_errors(
+    config: Path, photo: Path, tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", *args))
+    assert expected in line
+
+
+def test_output_problems(config: Path, photo: Path, tmp_path: Path) -> None:
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "missing-dir" / "x.jpg", "--style", "monet"))
+    assert "cannot write" in line and "missing-dir" in line
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.gif", "--style", "monet"))
+    assert ".jpg" in line and "x.gif" in line
+    (tmp_path / "taken.png").mkdir()
+    line = one_error_line(nstd(config, photo, "-o", tmp_path / "taken.png", "--style", "monet"))
+    assert "is a directory" in line
+
+
+def test_stylize_module_does_not_import_torch() -> None:
+    code = "import sys, nst_daemon.stylize, nst_daemon.engines; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
