@@ -133,7 +133,7 @@ def test_environment_errors_name_the_variable(isolated: Path) -> None:
     cfg.write_text("")
     with pytest.raises(ConfigError, match=r"environment NSTD_QUEUE__PER_USER: queue.per_user"):
         load_settings(cfg, environ={"NSTD_QUEUE__PER_USER": "x"})
-    with pytest.raises(ConfigError, match="unknown key queue.nope"):
+    with pytest.raises(ConfigError, match=r"unknown key queue\.nope"):
         load_settings(cfg, environ={"NSTD_QUEUE__NOPE": "1"})
 
 
@@ -169,7 +169,7 @@ def test_token_never_in_config_errors(isolated: Path) -> None:
 def test_missing_token_file_is_one_clear_error(isolated: Path) -> None:
     cfg = isolated / "config.toml"
     cfg.write_text('[telegram]\ntoken_file = "missing"\n')
-    with pytest.raises(ConfigError, match="telegram.token_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"telegram\.token_file: cannot read"):
         load_settings(cfg, environ={}).telegram_token()
 
 

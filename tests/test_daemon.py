@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sqlite3
@@ -115,10 +116,8 @@ def test_sd_notify_messages(tmp_path: Path, daemon_config, daemon_process) -> No
     def receive_until(predicate, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not predicate():
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append(server.recv(4096).decode())
-            except TimeoutError:
-                pass
         assert predicate(), messages
 
     config = daemon_config()
