@@ -30,6 +30,7 @@ import nst_daemon
 from nst_daemon import download
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
+from nst_daemon.fsutil import fsync_dir
 from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
 
 KINDS = ("vgg19", "cyclegan")
@@ -470,7 +471,7 @@ def _install(
             )
             os.replace(onnx_part, models_dir / entry.runnable)
         os.replace(part, models_dir / entry.file)
-        _fsync_dir(models_dir)
+        fsync_dir(models_dir)
     except BaseException:
         for path in staged:
             path.unlink(missing_ok=True)
@@ -534,15 +535,6 @@ def _ensure_models_dir(settings: Settings) -> Path:
     except OSError as exc:
         raise NstdError(f"cannot create the models directory {models_dir}: {exc.strerror or exc}") from None
     return models_dir
-
-
-def _fsync_dir(path: Path) -> None:
-    # The renames are the commit point of an install; make them survive a power cut.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lock_path(models_dir: Path, file: str) -> Path:

@@ -7,12 +7,11 @@ rewritten atomically (temporary file, fsync, rename), so the daemon never sees a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nst_daemon.errors import ModelNotInstalled, NstdError
+from nst_daemon.fsutil import write_atomic
 
 MANIFEST_NAME = "manifest.json"
 
@@ -50,18 +49,8 @@ def read_manifest(models_dir: Path) -> dict[str, InstalledModel]:
 
 def write_manifest(models_dir: Path, models: dict[str, InstalledModel]) -> None:
     """Replace the manifest atomically. Callers hold the manifest lock (see catalog)."""
-    models_dir.mkdir(parents=True, exist_ok=True)
     payload = {"version": 1, "models": {name: asdict(model) for name, model in sorted(models.items())}}
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=models_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, manifest_path(models_dir))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(manifest_path(models_dir), json.dumps(payload, indent=2).encode())
 
 
 def runnable_path(models_dir: Path, name: str) -> Path:

@@ -6,14 +6,13 @@ come back at once.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError, UnknownStyle
+from nst_daemon.fsutil import write_atomic
 from nst_daemon.manifest import runnable_path
 
 if TYPE_CHECKING:
@@ -148,20 +147,7 @@ def _check_output_dir(output: Path) -> None:
 
 
 def _write(output: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, so a reader never sees half an image."""
-    parent = output.parent if str(output.parent) else Path(".")
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}-", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, output)
-        tmp = None
+        write_atomic(output, data)
     except OSError as exc:
         raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from watchdog.observers import Observer
 
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError
+from nst_daemon.fsutil import write_atomic
 from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,6 @@ RESCAN_INTERVAL_S = 30.0
 def is_temporary(name: str) -> bool:
     """Names still being written by browsers, editors, rsync (.name.XXXXXX) or us; hidden files too."""
     return name.startswith(".") or name.lower().endswith(TEMPORARY_SUFFIXES)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def unique_destination(folder: Path, name: str) -> Path:

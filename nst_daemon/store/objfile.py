@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from nst_daemon.fsutil import fsync_dir
 from nst_daemon.store.keys import RESERVED_PREFIX
 
 TEMP_PREFIX = RESERVED_PREFIX + "tmp-"
@@ -71,7 +72,7 @@ def write_object(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    _fsync_directory(directory)
+    fsync_dir(directory)
     return StoredObject(key, size, f'"{digest.hexdigest()}"', content_type, metadata, _timestamp(mtime))
 
 
@@ -147,15 +148,6 @@ def _writer_alive(name: str) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; without it a power cut can roll the directory entry back.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _timestamp(mtime: float) -> datetime:
