@@ -37,6 +37,7 @@ MAX_ATTEMPTS = 3
 PROGRESS_INTERVAL_S = 0.5
 REDELIVERY_DELAYS_S = (5, 15, 60, 300)
 MAX_DELIVERY_ATTEMPTS = 100
+DELIVERY_GRACE_S = 5.0
 
 
 class QueueFull(NstdError):
@@ -176,6 +177,7 @@ class JobQueue:
         self._worker_idle = asyncio.Event()
         self._worker_idle.set()
         self._background: set[asyncio.Future[None]] = set()
+        self._delivering: set[int] = set()
 
     # --- reading ---
 
@@ -383,7 +385,7 @@ class JobQueue:
             done = self._update(job.id, {"state": "cancelled", "finished_at": time.time()})
             log.info("job %s cancelled", job.id)
             await self._write_report(done, {"error": "cancelled"})
-            await self._finish(done)
+            await self._finish(done, background=True)
             return
         except NstdError as exc:
             await self._fail(job, exc.message, traceback.format_exc())
@@ -411,7 +413,7 @@ class JobQueue:
         )
         await self._write_report(done, report)
         log.info("job %s done in %.1f s on %s", job.id, seconds, report.get("device", "?"))
-        await self._finish(done, data)
+        await self._finish(done, data, background=True)
 
     def _schedule_progress(self, job_id: int, fraction: float) -> None:
         job = self._update(job_id, {"progress": max(0.0, min(1.0, fraction))}, only_if_state="running")
@@ -431,7 +433,7 @@ class JobQueue:
         failed = self._update(job.id, {"state": "failed", "error": message, "finished_at": time.time()})
         log.warning("job %s failed: %s", job.id, message)
         await self._write_report(failed, {"error": message, "traceback": trace})
-        await self._finish(failed)
+        await self._finish(failed, background=True)
 
     async def _write_report(self, job: Job | None, extra: dict[str, Any]) -> None:
         if job is None:
@@ -460,16 +462,28 @@ class JobQueue:
 
     # --- delivery ---
 
-    async def _finish(self, job: Job | None, result: bytes | None = None) -> None:
+    async def _finish(
+        self, job: Job | None, result: bytes | None = None, *, background: bool = False
+    ) -> None:
         if job is None:
             return
         await self._notify(job)
-        await self._deliver(job, result)
+        if not background:
+            await self._deliver(job, result)
+            return
+        # The worker hands delivery to a task: a slow Telegram (429 waits, an outage) must not hold up
+        # the next job on the GPU.
+        task = asyncio.ensure_future(self._deliver(job, result))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _deliver(self, job: Job, result: bytes | None = None) -> None:
         deliverer = self._deliverers.get(job.source)
-        if deliverer is None or job.delivery != "pending":
+        # One delivery per job at a time: the redelivery pass must not resend a result whose first
+        # delivery is still under way.
+        if deliverer is None or job.delivery != "pending" or job.id in self._delivering:
             return
+        self._delivering.add(job.id)
         try:
             if result is None and job.state == "done" and job.output_key:
                 result = await asyncio.to_thread(self._get_bytes, job.output_key)
@@ -484,6 +498,8 @@ class JobQueue:
             log.warning("job %s: delivery to %s failed (attempt %d): %s", job.id, job.source, attempts, exc)
         else:
             self._update(job.id, {"delivery": "delivered", "delivery_attempts": job.delivery_attempts + 1})
+        finally:
+            self._delivering.discard(job.id)
 
     async def redeliver_pending(self) -> int:
         """Retry finished jobs whose result has not reached their source yet, with backoff per job."""
@@ -500,7 +516,7 @@ class JobQueue:
         )
         for row in rows:
             job = Job.from_row(row)
-            delay = REDELIVERY_DELAYS_S[min(job.delivery_attempts, len(REDELIVERY_DELAYS_S) - 1)]
+            delay = REDELIVERY_DELAYS_S[min(job.delivery_attempts - 1, len(REDELIVERY_DELAYS_S) - 1)]
             if job.delivery_attempts and now - (row["updated_at"] or 0) < delay:
                 continue
             await self._deliver(job)
@@ -569,6 +585,11 @@ class JobQueue:
                 await self._worker_idle.wait()
         self._stopping = True
         self._wakeup.set()
+        if self._background:
+            # Deliveries still in flight get a moment; whatever is left is redelivered at the next start.
+            _, pending = await asyncio.wait(self._background, timeout=DELIVERY_GRACE_S)
+            for task in pending:
+                task.cancel()
 
     # --- internals ---
 

@@ -1,0 +1,13 @@
+"""One router per feature; `all_routers()` gives fresh ones in the order they must be tried."""
+
+from __future__ import annotations
+
+from aiogram import Router
+
+from nst_daemon.bot.routers import cancel, fallback, nst_flow, quick, settings, start, status, styles
+
+
+def all_routers() -> list[Router]:
+    # Commands first (they work in every state), then the flows, then the catch-alls.
+    modules = (cancel, start, styles, status, settings, nst_flow, quick, fallback)
+    return [module.router() for module in modules]

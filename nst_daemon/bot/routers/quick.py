@@ -1,0 +1,176 @@
+"""Quick paths: a photo captioned with a style is stylized at once; an uncaptioned one gets the default
+style, or style buttons. A style button pressed first makes the next photo use that style.
+
+Albums: Telegram sends each photo of an album as its own message, with the caption on the first only,
+so the album's style (or its pending question) is remembered by media_group_id in the conversation data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramAPIError
+from aiogram.filters import StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, Message
+
+from nst_daemon.bot import keyboards, texts
+from nst_daemon.bot.callbacks import CallbackAnswer
+from nst_daemon.bot.context import Services
+from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
+from nst_daemon.bot.routers.nst_flow import begin_with_content
+from nst_daemon.bot.states import Nst, Quick
+from nst_daemon.config import CYCLEGAN_STYLES
+
+IMAGE = F.photo | F.document
+NST_CAPTIONS = ("nst", "multistylenst", "multistyle")
+
+
+async def submit(message: Message, bot: Bot, services: Services, style: str, ref: ImageRef) -> None:
+    assert message.from_user is not None
+    await services.starter.start(
+        bot,
+        user_id=message.from_user.id,
+        chat_id=message.chat.id,
+        engine="cyclegan",
+        style=style,
+        content=ref,
+        reply_to=message.message_id,
+    )
+
+
+async def _remember_album(state: FSMContext, group: str | None, style: str) -> None:
+    await state.set_state(None)
+    await state.set_data({"album_group": group, "album_style": style} if group else {})
+
+
+async def photo(message: Message, state: FSMContext, bot: Bot, services: Services) -> None:
+    try:
+        ref = image_ref(message)
+    except InputProblem as exc:
+        await message.answer(str(exc))
+        return
+    current = await state.get_state()
+    data: dict[str, Any] = await state.get_data()
+    group = message.media_group_id
+
+    if group and group == data.get("album_group") and not message.caption:
+        if data.get("album_skip"):
+            return  # the album's caption was refused once already; one reply per album
+        if data.get("album_style"):
+            await submit(message, bot, services, data["album_style"], ref)
+            return
+        if current == Quick.choosing_style.state:
+            await _add_to_question(message, state, bot, data, ref)
+            return
+
+    style: str | None = None
+    if message.caption:
+        style = texts.normalize_style(message.caption)
+        if style in NST_CAPTIONS:
+            await begin_with_content(message, state, ref)
+            return
+        if style not in CYCLEGAN_STYLES:
+            shown = message.caption.strip()[:40]
+            if group:
+                await state.set_state(None)
+                await state.set_data({"album_group": group, "album_skip": True})
+            await message.answer(texts.UNKNOWN_STYLE.format(style=shown, styles=texts.styles_inline()))
+            return
+    elif current == Quick.waiting_photo.state:
+        style = data.get("style")
+    elif services.settings.telegram.default_style:
+        style = services.settings.telegram.default_style
+
+    if style is None:
+        await state.set_state(Quick.choosing_style)
+        await state.set_data({"photos": [ref.to_dict()], "album_group": group})
+        ask = await message.answer(texts.CHOOSE_STYLE, reply_markup=keyboards.styles_keyboard())
+        await state.update_data(ask_id=ask.message_id)
+        return
+    await _remember_album(state, group, style)
+    await submit(message, bot, services, style, ref)
+
+
+async def _add_to_question(
+    message: Message, state: FSMContext, bot: Bot, data: dict[str, Any], ref: ImageRef
+) -> None:
+    photos = [*data.get("photos", []), ref.to_dict()]
+    await state.update_data(photos=photos)
+    if data.get("ask_id"):
+        # On failure the question still stands with its old wording.
+        with contextlib.suppress(TelegramAPIError):
+            await bot.edit_message_text(
+                text=texts.CHOOSE_STYLE_ALBUM.format(count=len(photos)),
+                chat_id=message.chat.id,
+                message_id=int(data["ask_id"]),
+                reply_markup=keyboards.styles_keyboard(),
+            )
+
+
+async def choose_style(
+    query: CallbackQuery,
+    callback_data: keyboards.StyleChoice,
+    state: FSMContext,
+    bot: Bot,
+    services: Services,
+    answer: CallbackAnswer,
+) -> None:
+    style = callback_data.style
+    if style != keyboards.NST and style not in CYCLEGAN_STYLES:
+        await answer(texts.UNKNOWN_STYLE.format(style=style, styles=texts.styles_inline()))
+        return
+    await answer()
+    message = query.message if isinstance(query.message, Message) else None
+    chat_id = message.chat.id if message else query.from_user.id
+    current = await state.get_state()
+    data = await state.get_data()
+    pending = [ImageRef.from_dict(item) for item in data.get("photos", [])]
+    name = texts.NST_NAME if style == keyboards.NST else texts.style_name(style)
+
+    if current == Quick.choosing_style.state and pending:
+        if message is not None and message.message_id == data.get("ask_id"):
+            # Cosmetic: should it fail, the buttons stay and pressing them again is harmless.
+            with contextlib.suppress(TelegramAPIError):
+                await message.edit_text(texts.CHOSEN.format(style=name))
+        if style == keyboards.NST:
+            await state.set_state(Nst.styles)
+            await state.set_data({"content": pending[0].to_dict(), "styles": []})
+            await bot.send_message(chat_id=chat_id, text=texts.NST_GOT_CONTENT)
+            return
+        await _remember_album(state, data.get("album_group"), style)
+        for ref in pending:
+            await services.starter.start(
+                bot, user_id=query.from_user.id, chat_id=chat_id, engine="cyclegan", style=style, content=ref
+            )
+        return
+
+    if style == keyboards.NST:
+        await state.set_state(Nst.content)
+        await state.set_data({})
+        await bot.send_message(chat_id=chat_id, text=texts.NST_START)
+        return
+    await state.set_state(Quick.waiting_photo)
+    await state.set_data({"style": style})
+    await bot.send_message(chat_id=chat_id, text=texts.STYLE_CHOSEN_SEND_PHOTO.format(style=name))
+
+
+async def press_a_button(message: Message) -> None:
+    await message.answer(texts.PRESS_A_BUTTON)
+
+
+async def send_a_photo(message: Message, state: FSMContext) -> None:
+    style = (await state.get_data()).get("style", "")
+    await message.answer(texts.SEND_PHOTO_FOR_STYLE.format(style=texts.style_name(style)))
+
+
+def router() -> Router:
+    """A new router each call: aiogram attaches a router to one dispatcher only."""
+    feature = Router(name="quick")
+    feature.message.register(photo, StateFilter(None, Quick.choosing_style, Quick.waiting_photo), IMAGE)
+    feature.callback_query.register(choose_style, keyboards.StyleChoice.filter())
+    feature.message.register(press_a_button, Quick.choosing_style, F.text & ~F.text.startswith("/"))
+    feature.message.register(send_a_photo, Quick.waiting_photo, F.text & ~F.text.startswith("/"))
+    return feature

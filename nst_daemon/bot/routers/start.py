@@ -1,0 +1,34 @@
+"""/start and /help."""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command, CommandStart
+from aiogram.fsm.context import FSMContext
+from aiogram.types import Message
+
+from nst_daemon.bot import keyboards, texts
+from nst_daemon.bot.context import Services
+
+
+async def start(message: Message, state: FSMContext, services: Services) -> None:
+    current = await state.get_state()
+    if current is not None:
+        what = texts.FLOW_NAMES.get(current, "a conversation")
+        await message.answer(texts.ALREADY_IN_FLOW.format(what=what))
+        return
+    await message.answer(
+        texts.welcome(services.settings.telegram.default_style), reply_markup=keyboards.styles_keyboard()
+    )
+
+
+async def help_command(message: Message, services: Services) -> None:
+    await message.answer(texts.help_text(services.settings.telegram.default_style))
+
+
+def router() -> Router:
+    """A new router each call: aiogram attaches a router to one dispatcher only."""
+    feature = Router(name="start")
+    feature.message.register(start, CommandStart())
+    feature.message.register(help_command, Command("help"))
+    return feature

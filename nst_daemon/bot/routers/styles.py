@@ -1,0 +1,20 @@
+"""/styles: each style with one line of description, and buttons to pick one."""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command
+from aiogram.types import Message
+
+from nst_daemon.bot import keyboards, texts
+
+
+async def styles(message: Message) -> None:
+    await message.answer(texts.styles_text(), reply_markup=keyboards.styles_keyboard())
+
+
+def router() -> Router:
+    """A new router each call: aiogram attaches a router to one dispatcher only."""
+    feature = Router(name="styles")
+    feature.message.register(styles, Command("styles"))
+    return feature

@@ -1,0 +1,123 @@
+"""From image references to a queued job: rate limit, status message, downloads, submission.
+
+Every failure on the way is shown in the job's status message (or a reply), and reported back to the
+caller as an Outcome, so a flow can decide whether its conversation state survives the failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+
+from nst_daemon.bot import texts
+from nst_daemon.bot.images import ImageRef, InputProblem, download
+from nst_daemon.bot.ratelimit import RateLimiter
+from nst_daemon.bot.user_settings import UserPrefs
+from nst_daemon.errors import NstdError
+from nst_daemon.imaging import ImageError
+from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, UserBusy
+
+log = logging.getLogger(__name__)
+
+_WHICH_IMAGE = re.compile(r"^(the content image|style image (\d+)): ")
+
+
+@dataclass
+class Outcome:
+    job: Job | None = None
+    problem: str = ""  # rate | input | busy | image | error
+    image_index: int | None = None  # for "image": 0 = the content, N = style image N
+
+
+def split_image_error(message: str) -> tuple[int | None, str]:
+    """'style image 2: this file is not an image' -> (2, 'This file is not an image')."""
+    match = _WHICH_IMAGE.match(message)
+    index: int | None = None
+    if match:
+        index = int(match.group(2)) if match.group(2) else 0
+        message = message[match.end() :]
+    return index, message[:1].upper() + message[1:]
+
+
+class JobStarter:
+    def __init__(
+        self, queue: JobQueue, limiter: RateLimiter, prefs: Callable[[int], Awaitable[UserPrefs]]
+    ) -> None:
+        self.queue = queue
+        self.limiter = limiter
+        self.prefs = prefs
+
+    async def start(
+        self,
+        bot: Bot,
+        *,
+        user_id: int,
+        chat_id: int,
+        engine: str,
+        content: ImageRef,
+        style: str | None = None,
+        style_refs: list[ImageRef] | None = None,
+        reply_to: int | None = None,
+    ) -> Outcome:
+        wait = self.limiter.check(user_id)
+        if wait:
+            await bot.send_message(
+                chat_id=chat_id, text=texts.SLOW_DOWN.format(limit=self.limiter.per_minute, wait=round(wait))
+            )
+            return Outcome(problem="rate")
+        style_refs = style_refs or []
+        label = (
+            texts.style_name(style or "")
+            if engine == "cyclegan"
+            else f"{texts.NST_NAME} ({len(style_refs)} style image{texts.plural(len(style_refs))})"
+        )
+        status = await bot.send_message(chat_id=chat_id, text=texts.STATUS_RECEIVED.format(label=label))
+
+        async def fail(text: str, outcome: Outcome) -> Outcome:
+            await self._edit(bot, chat_id, status.message_id, f"{label}: {text}")
+            return outcome
+
+        try:
+            content_bytes = await download(bot, content)
+            style_bytes = [await download(bot, ref) for ref in style_refs]
+        except InputProblem as exc:
+            return await fail(str(exc), Outcome(problem="input"))
+        prefs = await self.prefs(user_id)
+        request = JobRequest(
+            source="telegram",
+            owner=str(user_id),
+            engine=engine,
+            content=content_bytes,
+            styles=[style] if engine == "cyclegan" and style else [],
+            style_images=style_bytes,
+            params=prefs.params(),
+            reply={
+                "chat_id": chat_id,
+                "user_id": user_id,
+                "status_message_id": status.message_id,
+                "message_id": reply_to,
+            },
+        )
+        try:
+            job = await self.queue.submit(request)
+        except (QueueFull, UserBusy) as exc:
+            return await fail(texts.BUSY.format(reason=exc.message), Outcome(problem="busy"))
+        except ImageError as exc:
+            index, text = split_image_error(exc.message)
+            return await fail(text, Outcome(problem="image", image_index=index))
+        except NstdError as exc:
+            return await fail(exc.message, Outcome(problem="error"))
+        return Outcome(job=job)
+
+    @staticmethod
+    async def _edit(bot: Bot, chat_id: int, message_id: int, text: str) -> None:
+        try:
+            await bot.edit_message_text(text=text, chat_id=chat_id, message_id=message_id)
+        except TelegramAPIError as exc:
+            log.warning("telegram: could not show a failure in the status message: %s", exc.message)
+            await bot.send_message(chat_id=chat_id, text=text)

@@ -1,0 +1,188 @@
+"""One status message per job, edited in place as the job moves: queued, stylizing N%, done.
+
+Telegram allows few edits per message, so edits are throttled per message: at most one every
+`interval_s`; newer text replaces older pending text, and the latest is flushed when the window opens.
+A final text is never dropped or overtaken by a late progress update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
+from aiogram.types import InlineKeyboardMarkup
+
+from nst_daemon.bot import keyboards, texts
+from nst_daemon.jobs import FINAL_STATES, Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+EDIT_INTERVAL_S = 3.0
+
+
+def job_label(job: Job) -> str:
+    if job.engine == "cyclegan":
+        return texts.style_name(job.styles[0]) if job.styles else "Style"
+    count = max(1, len(job.input_keys) - 1)
+    return f"{texts.NST_NAME} ({count} style image{texts.plural(count)})"
+
+
+def job_seconds(job: Job) -> float | None:
+    if job.started_at is None or job.finished_at is None:
+        return None
+    return job.finished_at - job.started_at
+
+
+def device_text(job: Job) -> str:
+    """'CUDAExecutionProvider' -> 'cuda'; engines report devices in their own words."""
+    device = str(job.params.get("device") or "?")
+    return (
+        device.removesuffix("ExecutionProvider").lower() if device.endswith("ExecutionProvider") else device
+    )
+
+
+def status_text(job: Job, position: tuple[int, int] | None) -> str:
+    label = job_label(job)
+    if job.state == "queued":
+        where = position or (1, 1)
+        return texts.STATUS_QUEUED.format(label=label, position=where[0], total=where[1])
+    if job.state == "running":
+        return texts.STATUS_RUNNING.format(label=label, percent=int(job.progress * 100))
+    if job.state == "done":
+        return texts.STATUS_DONE.format(
+            label=label, seconds=texts.seconds_text(job_seconds(job)), device=device_text(job)
+        )
+    if job.state == "failed":
+        return texts.STATUS_FAILED.format(label=label)
+    return texts.STATUS_CANCELLED.format(label=label)
+
+
+@dataclass
+class _Entry:
+    chat_id: int
+    message_id: int
+    last_edit: float = float("-inf")
+    shown: tuple[str, str] | None = None  # (text, markup json) last sent
+    pending: tuple[str, InlineKeyboardMarkup | None] | None = None
+    final: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class StatusEditor:
+    def __init__(self, interval_s: float = EDIT_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.bot: Bot | None = None
+        self._entries: dict[tuple[int, int], _Entry] = {}
+
+    def update(
+        self,
+        chat_id: int,
+        message_id: int,
+        text: str,
+        markup: InlineKeyboardMarkup | None = None,
+        *,
+        final: bool = False,
+    ) -> None:
+        """Ask for the message to show `text`; returns at once, the edit happens when allowed."""
+        key = (chat_id, message_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(chat_id, message_id)
+        if entry.final and not final:
+            return
+        entry.final = entry.final or final
+        entry.pending = (text, markup)
+        if entry.task is None or entry.task.done():
+            entry.task = asyncio.create_task(self._pump(key, entry), name=f"status edit {key}")
+
+    async def _pump(self, key: tuple[int, int], entry: _Entry) -> None:
+        try:
+            while entry.pending is not None:
+                wait = entry.last_edit + self.interval_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                text, markup = entry.pending
+                entry.pending = None
+                shown = (text, markup.model_dump_json() if markup else "")
+                if shown == entry.shown:
+                    continue
+                entry.last_edit = time.monotonic()
+                if not await self._edit(entry, text, markup):
+                    entry.pending = None
+                    entry.final = True  # the message is gone: nothing more to show there
+                    break
+                entry.shown = shown
+        finally:
+            if entry.final and entry.pending is None and self._entries.get(key) is entry:
+                del self._entries[key]
+
+    async def _edit(self, entry: _Entry, text: str, markup: InlineKeyboardMarkup | None) -> bool:
+        """Edit one message; False when it can never be edited again."""
+        if self.bot is None:
+            return False
+        try:
+            await self.bot.edit_message_text(
+                text=text, chat_id=entry.chat_id, message_id=entry.message_id, reply_markup=markup
+            )
+        except TelegramBadRequest as exc:
+            description = exc.message.lower()
+            if "not modified" in description:
+                return True
+            if "not found" in description or "can't be edited" in description:
+                return False
+            log.warning("telegram: status edit refused: %s", exc.message)
+        except TelegramAPIError as exc:
+            log.warning("telegram: status edit failed: %s: %s", type(exc).__name__, exc.message)
+        except Exception as exc:  # the session is closing or the network is gone; the next edit may work
+            log.warning("telegram: status edit failed: %s", type(exc).__name__)
+        return True
+
+    async def drain(self, limit_s: float) -> None:
+        """Wait (bounded) for pending edits, final ones included; used at shutdown."""
+        tasks = [entry.task for entry in self._entries.values() if entry.task and not entry.task.done()]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=limit_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+class JobProgress:
+    """The queue listener: keeps each Telegram job's status message in step with the job."""
+
+    def __init__(self, queue: JobQueue, editor: StatusEditor) -> None:
+        self.queue = queue
+        self.editor = editor
+        self._states: dict[int, str] = {}
+
+    def __call__(self, job: Job) -> None:
+        if job.source != "telegram" or job.state in FINAL_STATES:
+            # Final states belong to the deliverer, which runs once per job, also after a restart.
+            self._states.pop(job.id, None)
+            if job.source == "telegram" and job.state in FINAL_STATES:
+                self._refresh_queued(exclude=job.id)
+            return
+        self.show(job)
+        if self._states.get(job.id) != job.state:
+            self._states[job.id] = job.state
+            # A job moved: everyone behind it in the queue moved too.
+            self._refresh_queued(exclude=job.id)
+
+    def show(self, job: Job) -> None:
+        chat_id, message_id = job.reply.get("chat_id"), job.reply.get("status_message_id")
+        if not chat_id or not message_id:
+            return
+        position = self.queue.position(job.id) if job.state == "queued" else None
+        self.editor.update(
+            int(chat_id), int(message_id), status_text(job, position), keyboards.cancel_job_keyboard(job.id)
+        )
+
+    def _refresh_queued(self, exclude: int) -> None:
+        for other in self.queue.active_jobs():
+            if other.id != exclude and other.source == "telegram" and other.state == "queued":
+                self.show(other)

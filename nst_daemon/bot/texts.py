@@ -1,0 +1,208 @@
+"""Every sentence the bot says, in one place (plain text: no parse mode, nothing to escape)."""
+
+from __future__ import annotations
+
+import re
+
+from nst_daemon.config import CYCLEGAN_STYLES
+
+STYLE_NAMES = {
+    "monet": "Monet",
+    "cezanne": "Cézanne",
+    "ukiyoe": "Ukiyo-e",
+    "vangogh": "Van Gogh",
+    "summer2winter": "Summer → Winter",
+    "winter2summer": "Winter → Summer",
+}
+STYLE_LINES = {
+    "monet": "soft light and broken brushwork, after Claude Monet's paintings",
+    "cezanne": "solid blocks of colour and firm outlines, after Paul Cézanne",
+    "ukiyoe": "flat colours and bold lines of Japanese woodblock prints",
+    "vangogh": "swirling strokes and strong colour, after Vincent van Gogh",
+    "summer2winter": "turns a summer landscape wintry (trained on Yosemite photos)",
+    "winter2summer": "turns a winter landscape summery (trained on Yosemite photos)",
+}
+NST_NAME = "Multi-style NST"
+NST_LINE = "your own style images (one or more) painted onto your photo; slower, see /nst"
+PRESETS = ("fast", "balanced", "best")
+
+COMMANDS = {
+    "start": "Welcome and style buttons",
+    "help": "How to use the bot",
+    "styles": "The styles, one line each",
+    "nst": "Multi-style transfer with your own style images",
+    "go": "Start the multi-style transfer",
+    "cancel": "Leave the current step, or stop your job",
+    "status": "Your jobs, queue position and progress",
+    "settings": "Quality and colour options",
+}
+
+
+def style_name(style: str) -> str:
+    return STYLE_NAMES.get(style, style)
+
+
+def normalize_style(text: str) -> str:
+    """'Van Gogh', 'VANGOGH', 'ukiyo-e' -> the catalog's style name (unknown text comes back squeezed)."""
+    return re.sub(r"[^a-z0-9]", "", text.strip().lower())
+
+
+def styles_inline() -> str:
+    return ", ".join(CYCLEGAN_STYLES)
+
+
+def welcome(default_style: str) -> str:
+    quick = (
+        f"Send a photo and I'll paint it in the {style_name(default_style)} style right away."
+        if default_style
+        else "Send a photo and pick a style with the buttons."
+    )
+    return (
+        "Hi! I turn photos into paintings.\n\n"
+        f"{quick} Put a style name in the caption (for example: monet) to choose it directly, "
+        "or pick a style below first and then send the photo.\n\n"
+        "/nst paints your photo in the style of your own pictures. /help for everything else."
+    )
+
+
+def help_text(default_style: str) -> str:
+    default = (
+        f"A photo without a caption gets the default style, {style_name(default_style)}."
+        if default_style
+        else "A photo without a caption: I ask which style you want."
+    )
+    return (
+        "How to use me\n\n"
+        f"• Send a photo with a style name as its caption ({styles_inline()}): it is stylized at once.\n"
+        f"• {default}\n"
+        "• Files work too: send an image as a file (uncompressed) and it is used as is, up to 20 MB.\n"
+        "• /nst: send a content photo, then one or more style images (an album counts as several), "
+        "then press Stylize or send /go.\n\n"
+        "Commands\n"
+        + "\n".join(f"/{command} - {line}" for command, line in COMMANDS.items())
+        + "\n\nWhile a job runs you get one status message that shows its place in the queue and its "
+        "progress; the result arrives as a new message."
+    )
+
+
+def styles_text() -> str:
+    lines = [f"• {style} ({style_name(style)}): {STYLE_LINES[style]}" for style in CYCLEGAN_STYLES]
+    lines.append(f"• /nst ({NST_NAME}): {NST_LINE}")
+    return "Styles (put the name in a photo's caption, or use the buttons):\n\n" + "\n".join(lines)
+
+
+# --- quick path and flows ---
+
+CHOOSE_STYLE = "Which style? Pick one (or Multi-style NST to use your own style images)."
+CHOOSE_STYLE_ALBUM = "Which style for these {count} photos? Pick one."
+STYLE_CHOSEN_SEND_PHOTO = "{style} it is. Now send a photo (or an image file)."
+PRESS_A_BUTTON = "Pick a style with the buttons above, or send /cancel."
+SEND_PHOTO_FOR_STYLE = "Send a photo to paint in the {style} style, or /cancel."
+CHOSEN = "Style: {style}."
+
+NST_START = "Multi-style NST. Step 1 of 2: send the content photo (the picture to repaint)."
+NST_GOT_CONTENT = (
+    "Got the content photo. Step 2 of 2: send one or more style images (an album counts as several), "
+    "then press Stylize or send /go."
+)
+NST_GOT_STYLES = "Got {count} style image{s}. Send more, or press Stylize (or /go)."
+NST_TOO_MANY = "That's the limit of {limit} style images. Press Stylize (or /go) to start."
+NST_NEED_CONTENT = "Send the content photo first (the picture to repaint), or /cancel."
+NST_NEED_STYLE = "Send at least one style image first, then press Stylize or /go."
+NST_NOT_IN_FLOW = "There is nothing to stylize yet: start with /nst."
+NST_BAD_CONTENT = "Send /nst to start again with another content photo."
+NST_BAD_STYLE_DROPPED = "I dropped that style image: send another one, or press Stylize (or /go)."
+NST_WAITING_STYLES = "Send style images (photos or image files), then press Stylize or /go. /cancel leaves."
+
+ALREADY_IN_FLOW = "You are in the middle of {what}. Carry on, or send /cancel to start over."
+FLOW_NAMES = {
+    "Nst:content": "a multi-style NST (waiting for the content photo)",
+    "Nst:styles": "a multi-style NST (waiting for style images)",
+    "Quick:choosing_style": "choosing a style for your photo",
+    "Quick:waiting_photo": "a stylization (waiting for your photo)",
+}
+
+# --- jobs ---
+
+STATUS_RECEIVED = "{label}: got it, preparing…"
+STATUS_QUEUED = "{label}: queued, position {position} of {total}."
+STATUS_RUNNING = "{label}: stylizing… {percent}%"
+STATUS_DONE = "{label}: done in {seconds} on {device}."
+STATUS_FAILED = "{label}: failed."
+STATUS_CANCELLED = "{label}: cancelled."
+RESULT_CAPTION = "{label} · {seconds} on {device}\nSend a new image to start again."
+JOB_FAILED = "Sorry, that didn't work: {error}.\nSend a new image to try again."
+JOB_MODEL_MISSING = (
+    "Sorry, the {label} style isn't available on this server yet: its model ({model}) is not installed. "
+    "Please ask the bot's owner to run `nstd models pull {model}`."
+)
+JOB_FAILED_REPEATEDLY = (
+    "Sorry, that job failed repeatedly (the server was interrupted while working on it). "
+    "Send the image again to retry."
+)
+JOB_CANCELLED = "Job #{job} cancelled. Send a new image to start again."
+
+BUSY = "Busy: {reason}."
+SLOW_DOWN = "Slow down, please: at most {limit} images a minute. Try again in {wait} s."
+SHUTTING_DOWN = "The bot is restarting; please send that again in a minute."
+
+# --- input errors ---
+
+UNSUPPORTED = "I can only work with images: send a photo or an image file."
+NOT_AN_IMAGE = "That file is not an image ({mime}). Send a photo or an image file (JPEG, PNG, WebP…)."
+TOO_BIG = (
+    "That file is too big ({size}): bots can download files up to 20 MB. "
+    "Send a smaller file, or send it as a photo so Telegram compresses it."
+)
+DOWNLOAD_FAILED = "I couldn't download your image from Telegram. Please send it again."
+UNKNOWN_STYLE = 'I don\'t know the style "{style}". Styles: {styles}. Or send the photo without a caption.'
+UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
+IDLE_HINT = "Send me a photo to stylize (or /help)."
+JOB_IN_PROGRESS = "Your image is being stylized ({summary}). Wait for the result, see /status, or /cancel."
+
+# --- cancel and status ---
+
+LEFT_FLOW = "OK, cancelled {what}."
+STILL_RUNNING = "You still have {count} job{s} in progress: send /cancel again to stop {them}."
+NOTHING_TO_CANCEL = "Nothing to cancel. Send a photo to start."
+CANCEL_QUEUED = "Cancelled job #{job} ({label})."
+CANCEL_RUNNING = "Stopping job #{job} ({label})…"
+CANCEL_NOT_FOUND = "Job #{job} is not one of your jobs in progress."
+CANCEL_BUTTON = "Cancel"
+NO_JOBS = "You have no jobs. Send a photo to start."
+STATUS_HEADER = "Your jobs:"
+RECENT_HEADER = "Recent:"
+
+# --- settings ---
+
+SETTINGS = (
+    "Your settings\n\n"
+    "Quality (multi-style NST): {preset} (fast is quickest, best is slowest and finest)\n"
+    "Preserve colours: {colors} (keep your photo's colours, take only the style's texture)"
+)
+SETTINGS_SAVED = "Saved"
+
+# --- access ---
+
+NOT_ALLOWED = (
+    "Sorry, this is a private bot. Your Telegram user id is {user_id}.\n"
+    "If you know the owner, ask them to allow you with:\nnstd users add {user_id}"
+)
+NOT_ALLOWED_SHORT = "This is a private bot."
+
+
+def plural(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+def human_size(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def seconds_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
