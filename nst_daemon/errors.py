@@ -13,10 +13,6 @@ class NstdError(Exception):
         return str(self)
 
 
-class NotImplementedYet(NstdError):
-    exit_code = 2
-
-
 class ModelNotInstalled(NstdError):
     def __init__(self, name: str) -> None:
         super().__init__(f"model {name} is not installed: run `nstd models pull {name}`")
