@@ -155,10 +155,15 @@ def test_provider_is_reported(engine: CycleGANEngine) -> None:
     assert engine.device_name == "cpu"
 
 
-def test_provider_lists() -> None:
+def test_provider_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
+    from nst_daemon.engines import device
+
     assert provider_list("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)
+    assert provider_list("auto") == ["CPUExecutionProvider"]  # no driver: CUDA is not even tried
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: True)
     auto = provider_list("auto", device_id=1)
     assert auto[-1] == "CPUExecutionProvider"
     if "CUDAExecutionProvider" in ort.get_available_providers():

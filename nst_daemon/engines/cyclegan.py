@@ -316,6 +316,8 @@ def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict
     """Providers in preference order, limited to those this onnxruntime build has."""
     import onnxruntime as ort
 
+    from nst_daemon.engines.device import nvidia_driver_present
+
     device = (device or "auto").strip().lower()
     if device.startswith("cuda:") and device[5:].isdigit():
         device, device_id = "cuda", int(device[5:])
@@ -323,7 +325,10 @@ def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict
         raise DeviceError(f"unknown device {device!r}; expected auto, cpu or cuda")
     available = ort.get_available_providers()
     providers: list[str | tuple[str, dict[str, object]]] = []
-    if device != "cpu" and "CUDAExecutionProvider" in available:
+    # onnxruntime-gpu lists CUDA even on a machine with no NVIDIA card; under "auto", try it only where a
+    # driver is present, so CPU-only boxes do not get a "CUDA could not start" warning at every load.
+    wants_cuda = device == "cuda" or (device == "auto" and nvidia_driver_present())
+    if wants_cuda and "CUDAExecutionProvider" in available:
         providers.append(
             (
                 "CUDAExecutionProvider",

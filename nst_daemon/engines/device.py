@@ -84,3 +84,8 @@ def physical_cores() -> int:
         # Without topology fields (some VMs, non-x86) every logical CPU counts as a core.
         cores.add((fields.get("physical id", "0"), fields.get("core id", str(processor))))
     return max(1, len(cores) or len(allowed))
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver exposes a device here (/dev/nvidiactl; /dev/dxg under WSL2)."""
+    return Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()
