@@ -73,13 +73,20 @@ def main_options(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", help="Config file (default: $NSTD_CONFIG, ./config.toml, ...).", dir_okay=False
+            "--config",
+            "-c",
+            help="Config file (default: $NSTD_CONFIG, ./config.toml, ...).",
+            dir_okay=False,
+            metavar="PATH",
         ),
     ] = None,
     log_level: Annotated[LogLevel | None, typer.Option(help="Log level (default: daemon.log_level).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", metavar="")] = False,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""
+        ),
     ] = False,
 ) -> None:
     state.config_path = config
@@ -125,9 +132,15 @@ def models_verify() -> None:
 
 @models_app.command("pull")
 def models_pull(
-    names: Annotated[list[str] | None, typer.Argument(help="Catalog names (default: all).")] = None,
-    mirror: Annotated[str | None, typer.Option(help="Base URL serving the same file names.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Download again even if installed.")] = False,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Catalog names (default: all).", metavar="[NAME]...")
+    ] = None,
+    mirror: Annotated[
+        str | None, typer.Option(help="Base URL serving the same file names.", metavar="URL")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download again even if installed.", metavar="")
+    ] = False,
 ) -> None:
     """Download, verify, convert and install models."""
     from nst_daemon import catalog
@@ -149,23 +162,27 @@ def models_import(
 @app.command()
 def stylize(
     input: Annotated[Path, typer.Argument(help="Content image.", dir_okay=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result (.jpg or .png).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the result (.jpg or .png).", metavar="PATH")
+    ],
     style: Annotated[
         str | None,
         typer.Option(
-            help="A pretrained style: monet, cezanne, ukiyoe, vangogh, summer2winter, winter2summer."
+            help="A pretrained style: monet, cezanne, ukiyoe, vangogh, summer2winter, winter2summer.",
+            metavar="STYLE",
         ),
     ] = None,
     style_image: Annotated[
-        list[Path] | None, typer.Option("--style-image", help="Style image for multi-style NST (repeatable).")
+        list[Path] | None,
+        typer.Option("--style-image", help="Style image for multi-style NST (repeatable).", metavar="PATH"),
     ] = None,
     preset: Annotated[PresetChoice | None, typer.Option(help="NST quality preset.")] = None,
     max_side: Annotated[
-        int | None, typer.Option(help="Longest side of the result in pixels.", min=16)
+        int | None, typer.Option(help="Longest side of the result in pixels.", min=16, metavar="N")
     ] = None,
     device: Annotated[DeviceChoice | None, typer.Option(help="Where to run.")] = None,
     preserve_colors: Annotated[
-        bool, typer.Option("--preserve-colors", help="NST: keep the content's colours.")
+        bool, typer.Option("--preserve-colors", help="NST: keep the content's colours.", metavar="")
     ] = False,
 ) -> None:
     """Stylize one image with a pretrained style or with style images (multi-style NST)."""
