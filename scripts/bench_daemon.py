@@ -1,0 +1,668 @@
+"""Daemon overhead: jobs through the real daemon and the loopback fake Bot API, idle memory, event-loop lag.
+
+    .venv/bin/python scripts/bench_daemon.py            # all three parts
+    .venv/bin/python scripts/bench_daemon.py --smoke    # tiny, for CI
+
+1. Throughput and added latency: an in-process `Daemon` with a no-op runner (it returns the content image
+   at once) and the bot pointed at tests/fake_telegram.py on 127.0.0.1. Users send photos captioned with a
+   style; a job's latency runs from its update becoming available to getUpdates until its result photo
+   reaches the fake server (`sendPhoto`), minus the runner's own time. The fake server runs in a thread of
+   this process, so its own work is included: the numbers are an upper bound for the daemon.
+2. Idle memory: `nstd --config <tmp> run` in a subprocess, bot polling the fake server, no job yet. VmRSS
+   once "nstd is running" is logged, and whether torch or onnxruntime is mapped into the process.
+3. Event-loop lag: a probe task in the daemon's loop sleeps 10 ms over and over while a REAL job runs in
+   the worker thread (the real EngineRunner with random-init models installed in a temporary models dir).
+   This process imports neither torch nor onnxruntime before the first job, so the cold job includes the
+   import and model load as a fresh `nstd run` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bench_common as bc
+
+NSTD = str(Path(sys.executable).parent / "nstd")
+STYLE = "monet"
+
+# What `nstd run` imports up front, in an order where each step adds its own dependencies only.
+IMPORT_STEPS = (
+    "numpy",
+    "PIL.Image",
+    "pillow_heif",
+    "pydantic",
+    "botocore.exceptions",
+    "sqlite_utils",
+    "rich",
+    "typer",
+    "aiohttp",
+    "aiogram",
+    "nst_daemon.cli",
+    "nst_daemon.daemon",
+    "nst_daemon.bot",
+)
+
+
+def jpeg(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A smooth random photo-like JPEG. Not tests/checkpoints.random_image: that module imports torch, and
+    this process must not have torch loaded before the first real job (part 3)."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 32 + 2, width // 32 + 2, 3))
+    image = Image.fromarray((coarse * 255).astype(np.uint8), "RGB").resize(size, Image.Resampling.BICUBIC)
+    grain = rng.normal(0, 3, (height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8), "RGB").save(
+        buffer, "JPEG", quality=90
+    )
+    return buffer.getvalue()
+
+
+def settings_dict(root: Path, models: Path, server: Any | None, users: list[int]) -> dict[str, Any]:
+    from fake_telegram import DEFAULT_TOKEN
+
+    settings: dict[str, Any] = {
+        "paths": {"state_dir": str(root / "state"), "models_dir": str(models)},
+        "queue": {"max_pending": 10_000, "per_user": 10_000},
+        "nst": {"preset": "fast", "max_side": 128},
+        "cyclegan": {"max_side": 512},
+        "watch": {"enabled": False, "dir": str(root / "watch")},
+        "daemon": {"grace_period_s": 2, "log_level": "info"},
+        "models": {"idle_unload_s": 3600},
+    }
+    if server is not None:
+        settings["telegram"] = {
+            "token": DEFAULT_TOKEN,
+            "api_base": server.base_url,
+            "allowed_users": users,
+            "rate_limit_per_minute": 100_000,
+        }
+    return settings
+
+
+class NoOpRunner:
+    """An engine that returns the content image at once, timing itself so its share can be subtracted."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+
+    def run(self, job: Any, content: Any, styles: Any, progress: Callable[[float], None], cancel: Any) -> Any:
+        from nst_daemon.jobs import RunResult
+
+        started = time.perf_counter()
+        progress(1.0)
+        result = RunResult(content, {"device": "none", "model": "no-op"})
+        self.seconds[job.id] = time.perf_counter() - started
+        return result
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        return []
+
+
+# --- 1. throughput and latency through the bot --------------------------------------------------------------
+
+
+async def _result_for(server: Any, user: int, since: int, wait_s: float = 60) -> Any:
+    return await server.await_for(
+        lambda c: c.method in ("sendPhoto", "sendDocument") and c.chat_id == user and c.ok, wait_s, since
+    )
+
+
+async def bench_bot(
+    photo_sizes: list[tuple[int, int]], jobs: int, users: int, burst: int
+) -> list[dict[str, Any]]:
+    from fake_telegram import FakeTelegram
+
+    from nst_daemon.config import Settings
+    from nst_daemon.daemon import Daemon
+
+    results = []
+    ids = list(range(7001, 7001 + max(users, 1)))
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp, FakeTelegram() as server:
+        root = Path(tmp)
+        (root / "models").mkdir()
+        runner = NoOpRunner()
+        daemon = Daemon(
+            Settings.model_validate(settings_dict(root, root / "models", server, ids)), runner=runner
+        )
+        await daemon.start()
+        try:
+            for size in photo_sizes:
+                photo = jpeg(size)
+                # Warm-up: the bot's first update, the first job, first encodes; off the clock.
+                mark = server.mark()
+                await asyncio.to_thread(server.send_photo, ids[0], photo, STYLE)
+                await _result_for(server, ids[0], mark)
+
+                latencies, timelines = [], []
+                for n in range(jobs):
+                    user = ids[n % len(ids)]
+                    # The fake server makes Telegram's thumbnails first; only the update's push is timed.
+                    sizes = await asyncio.to_thread(server.photo_sizes, photo)
+                    mark = server.mark()
+                    server.user_message(user, photo=sizes, caption=STYLE)
+                    available = time.monotonic()  # the update was queued as user_message returned
+                    call = await _result_for(server, user, mark)
+                    latencies.append(call.at - available)
+                    # Every Bot API call of this job (one job at a time), as ms after the update arrived.
+                    timelines.append(
+                        [
+                            [c.method, round((c.at - available) * 1000, 1)]
+                            for c in server.find(lambda c, end=call.at: c.at <= end, mark)
+                        ]
+                    )
+                engine_s = sorted(runner.seconds.values())[-jobs:] if runner.seconds else []
+                engine_median = bc.median(engine_s)
+
+                # Throughput: `burst` photos from `users` users pushed at once, until the results stop coming.
+                prepared = [await asyncio.to_thread(server.photo_sizes, photo) for _ in range(burst)]
+                mark = server.mark()
+                started = time.monotonic()
+                for n, sizes in enumerate(prepared):
+                    server.user_message(ids[n % len(ids)], photo=sizes, caption=STYLE)
+                done, last_change, finished = 0, time.monotonic(), started
+                while done < burst and time.monotonic() - last_change < 20:
+                    await asyncio.sleep(0.005)
+                    now_done = len(server.find(lambda c: c.method == "sendPhoto" and c.ok, mark))
+                    if now_done != done:
+                        done, last_change, finished = now_done, time.monotonic(), time.monotonic()
+                burst_s = finished - started
+                added = [latency - engine_median for latency in latencies]
+                row = {
+                    "photo": list(size),
+                    "photo_bytes": len(photo),
+                    "jobs": jobs,
+                    "latency_median_s": bc.median(latencies),
+                    "latency_p90_s": bc.percentile(latencies, 90),
+                    "latency_max_s": max(latencies),
+                    "engine_median_s": engine_median,
+                    "added_latency_median_s": bc.median(added),
+                    "added_latency_p90_s": bc.percentile(added, 90),
+                    "burst_jobs": burst,
+                    "burst_users": min(users, burst),
+                    "burst_s": burst_s,
+                    "burst_completed": done,
+                    # Jobs whose result never came (an error reply instead): see the log above the tables.
+                    "burst_failed": burst - done,
+                    "jobs_per_s": done / burst_s if burst_s > 0 else None,
+                    **codec_ms(photo),
+                    "median_job_calls_ms": timelines[
+                        sorted(range(jobs), key=latencies.__getitem__)[jobs // 2]
+                    ],
+                }
+                results.append(row)
+                bc.log(
+                    f"{size[0]}x{size[1]}: added latency median "
+                    f"{row['added_latency_median_s'] * 1000:.1f} ms, "
+                    f"{row['jobs_per_s']:.1f} jobs/s"
+                )
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+    return results
+
+
+def codec_ms(photo: bytes, repeats: int = 5) -> dict[str, float]:
+    """nstd's own decode and JPEG encode of this photo: a job decodes it twice and encodes twice (intake
+    normalization, the worker's load, the result), which is most of a large photo's added latency."""
+    from nst_daemon import imaging
+
+    decode, encode = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        image = imaging.load_image(photo)
+        middle = time.perf_counter()
+        imaging.encode_image(image, "jpeg")
+        decode.append((middle - started) * 1000)
+        encode.append((time.perf_counter() - middle) * 1000)
+    return {"decode_ms": bc.median(decode), "encode_ms": bc.median(encode)}
+
+
+# --- 2. idle memory of `nstd run` ---------------------------------------------------------------------------
+
+
+def bench_idle_rss(settle_s: float, import_steps: tuple[str, ...] = IMPORT_STEPS) -> dict[str, Any]:
+    """`nstd run` idle with the bot polling the fake server; then again without a token (no bot)."""
+    from fake_telegram import FakeTelegram
+
+    with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp, FakeTelegram() as server:
+        root = Path(tmp)
+        (root / "models").mkdir()
+        config = bc.write_toml(root / "config.toml", settings_dict(root, root / "models", server, [7001]))
+        result = idle_daemon(config, settle_s)
+        config = bc.write_toml(root / "no-bot.toml", settings_dict(root, root / "models", None, []))
+        result["no_bot"] = idle_daemon(config, settle_s)
+    result["imports"] = import_memory(import_steps)
+    return result
+
+
+def idle_daemon(config: Path, settle_s: float) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [NSTD, "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "nstd is running" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    started = time.monotonic()
+    reader.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("nstd run did not start:\n" + "".join(lines[-20:]))
+        startup_s = time.monotonic() - started
+        time.sleep(settle_s)  # the bot's first getUpdates, the status loop: a settled idle daemon
+        maps = Path(f"/proc/{proc.pid}/maps").read_text(encoding="utf-8", errors="replace")
+        result: dict[str, Any] = {
+            "startup_s": startup_s,
+            "vm_rss_mb": bc.proc_status_mb("VmRSS", proc.pid),
+            "vm_hwm_mb": bc.proc_status_mb("VmHWM", proc.pid),
+            # Native libraries mapped into the process: the truth about what was imported.
+            "torch_loaded": bool(re.search(r"libtorch|/torch/", maps)),
+            "onnxruntime_loaded": "onnxruntime" in maps,
+            "numpy_loaded": "numpy" in maps,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    result["exit_code"] = proc.returncode
+    return result
+
+
+def import_memory(steps: tuple[str, ...] = IMPORT_STEPS) -> list[dict[str, Any]]:
+    """RSS added by each import step, in a fresh interpreter: where the idle daemon's memory goes."""
+    code = f"""
+import importlib, json, time
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+rows = [{{"module": "python", "rss_mb": rss(), "seconds": 0.0}}]
+for name in {list(steps)!r}:
+    started = time.perf_counter()
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        continue
+    rows.append({{"module": name, "rss_mb": rss(), "seconds": time.perf_counter() - started}})
+print(json.dumps(rows))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    for before, row in itertools.pairwise(rows):
+        row["added_mb"] = row["rss_mb"] - before["rss_mb"]
+    rows[0]["added_mb"] = rows[0]["rss_mb"]
+    return rows
+
+
+# --- 3. event-loop lag while a real job runs ----------------------------------------------------------------
+
+
+def make_models(models: Path) -> None:
+    """Random-init VGG19 and one CycleGAN generator installed as `nstd models` would; run in a subprocess,
+    so this process has not imported torch when the first job starts."""
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(bc.REPO / "tests")!r})
+from pathlib import Path
+from checkpoints import make_cyclegan_state_dict, make_vgg19_state_dict, save_checkpoint
+from nst_daemon.engines.cyclegan import export_onnx
+from nst_daemon.manifest import InstalledModel, write_manifest
+models = Path({str(models)!r})
+vgg = save_checkpoint(make_vgg19_state_dict(seed=0), models / "vgg19-dcbb9e9d.pth")
+generator = save_checkpoint(make_cyclegan_state_dict(seed=1), models / "generator.pth")
+export_onnx(generator, models / "style_monet.onnx")
+now = time.time()
+def entry(name, kind, path):
+    return InstalledModel(name=name, kind=kind, sha256="0" * 64, size=path.stat().st_size, source="bench",
+                          installed_at=now, files=[path.name], runnable=path.name, pinned="import")
+write_manifest(models, {{"vgg19": entry("vgg19", "vgg19", vgg),
+                         "style_monet": entry("style_monet", "cyclegan", models / "style_monet.onnx")}})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+async def _lag_probe(samples: list[float], stop: asyncio.Event, interval: float = 0.01) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(interval)
+        samples.append(loop.time() - before - interval)
+
+
+async def bench_loop_lag(phases: list[dict[str, Any]], photo: tuple[int, int]) -> list[dict[str, Any]]:
+    from nst_daemon.config import Settings
+    from nst_daemon.daemon import Daemon
+    from nst_daemon.jobs import JobRequest
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-lag-") as tmp:
+        root = Path(tmp)
+        (root / "models").mkdir()
+        bc.log("installing random-init models (subprocess)")
+        make_models(root / "models")
+        if "torch" in sys.modules or "onnxruntime" in sys.modules:
+            bc.log("note: torch/onnxruntime already imported here; cold phases are not cold")
+        settings = Settings.model_validate(settings_dict(root, root / "models", None, []))
+        from nst_daemon.runner import EngineRunner
+
+        runner = ThreadsRunner(EngineRunner(settings))
+        daemon = Daemon(settings, runner=runner)
+        await daemon.start()
+        assert daemon.queue is not None
+        states: dict[int, asyncio.Event] = {}
+        running: dict[int, asyncio.Event] = {}
+
+        def listener(job: Any) -> None:
+            if job.state == "running" and job.id in running:
+                running[job.id].set()
+            if job.state in ("done", "failed", "cancelled") and job.id in states:
+                states[job.id].set()
+
+        daemon.queue.add_listener(listener)
+        content, style = jpeg(photo, seed=3), jpeg(photo, seed=4)
+        try:
+            for phase in phases:
+                runner.threads = phase.get("torch_threads")
+                request = JobRequest(
+                    source="cli",
+                    owner="bench",
+                    engine=phase["engine"],
+                    content=content,
+                    styles=[STYLE] if phase["engine"] == "cyclegan" else [],
+                    style_images=[style] if phase["engine"] == "nst" else [],
+                    params=phase.get("params", {}),
+                )
+                samples: list[float] = []
+                stop = asyncio.Event()
+                job = await daemon.queue.submit(request)
+                states[job.id], running[job.id] = asyncio.Event(), asyncio.Event()
+                if daemon.queue.get(job.id).state == "running":  # type: ignore[union-attr]
+                    running[job.id].set()
+                await running[job.id].wait()
+                started = time.monotonic()
+                probe = asyncio.create_task(_lag_probe(samples, stop))
+                await states[job.id].wait()
+                seconds = time.monotonic() - started
+                stop.set()
+                await probe
+                final = daemon.queue.get(job.id)
+                assert final is not None
+                lag_ms = [sample * 1000 for sample in samples]
+                row = {
+                    "phase": phase["label"],
+                    "engine": phase["engine"],
+                    "state": final.state,
+                    "error": final.error,
+                    "job_s": seconds,
+                    "samples": len(lag_ms),
+                    "lag_p50_ms": bc.percentile(lag_ms, 50),
+                    "lag_p99_ms": bc.percentile(lag_ms, 99),
+                    "lag_max_ms": max(lag_ms) if lag_ms else None,
+                    "torch_threads_in_worker": runner.seen_threads,
+                }
+                results.append(row)
+                bc.log(
+                    f"lag {phase['label']}: p99 {row['lag_p99_ms']:.1f} ms "
+                    f"over {seconds:.1f} s ({final.state})"
+                )
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+    return results
+
+
+class ThreadsRunner:
+    """The real EngineRunner, with torch's thread count set IN the worker thread before each job.
+
+    torch.set_num_threads called on the event loop's thread does not reach the worker: OpenMP keeps the
+    count per thread (measured: a worker stays at 2 threads after the main thread set 1).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.threads: int | None = None
+        self.seen_threads: int | None = None
+
+    def run(self, job: Any, content: Any, styles: Any, progress: Any, cancel: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if self.threads and torch is not None:
+            torch.set_num_threads(self.threads)
+        result = self.inner.run(job, content, styles, progress, cancel)
+        torch = sys.modules.get("torch")  # the first job imports it
+        self.seen_threads = torch.get_num_threads() if torch is not None and job.engine == "nst" else None
+        return result
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        return self.inner.unload_idle(idle_s)
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bc.parser("daemon", __doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=0, help="jobs for the latency median (default 30)")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="photos sent at once for throughput (default 60)"
+    )
+    parser.add_argument("--users", type=int, default=10, help="distinct users in the burst")
+    parser.add_argument("--parts", default="bot,idle,lag", help="which parts to run (bot, idle, lag)")
+    args = parser.parse_args(argv)
+    parts = {part.strip() for part in args.parts.split(",")}
+
+    if args.device != "auto":
+        # The daemon's engines read their device from the settings; the lag part honours it.
+        os.environ["NSTD_NST__DEVICE"] = os.environ["NSTD_CYCLEGAN__DEVICE"] = args.device
+    jobs = args.jobs or (3 if args.smoke else 30)
+    burst = args.burst or (4 if args.smoke else 60)
+    photo_sizes = [(96, 72)] if args.smoke else [(96, 72), (1280, 960)]
+    lag_photo = (64, 48) if args.smoke else (1024, 768)  # each engine scales it to its max_side
+    nst_params = {"preset": "fast", "max_side": 48 if args.smoke else 192}
+    cg_params = {"max_side": 64 if args.smoke else 768}
+    cores = bc.physical_cores()
+    phases = [
+        {"label": "NST, first job (imports torch, loads VGG19)", "engine": "nst", "params": nst_params},
+        {"label": "NST, torch 1 thread", "engine": "nst", "params": nst_params, "torch_threads": 1},
+        {
+            "label": f"NST, torch {cores} threads",
+            "engine": "nst",
+            "params": nst_params,
+            "torch_threads": cores,
+        },
+        {
+            "label": "CycleGAN, first job (imports onnxruntime, loads)",
+            "engine": "cyclegan",
+            "params": cg_params,
+        },
+        {
+            "label": f"CycleGAN, ORT {cores} intra-op threads (physical cores)",
+            "engine": "cyclegan",
+            "params": cg_params,
+        },
+    ]
+    if args.smoke:  # the cold jobs only: they cover both engines and the imports
+        phases = [phases[0], phases[3]]
+
+    payload: dict[str, Any] = {
+        "benchmark": "daemon",
+        "smoke": args.smoke,
+        "machine": bc.machine_info(),
+        "settings": {"jobs": jobs, "burst": burst, "users": args.users, "parts": sorted(parts)},
+    }
+    if "idle" in parts:
+        bc.log("idle RSS of `nstd run`")
+        # Smoke: the cheap import steps only (aiogram alone takes seconds to import).
+        steps = IMPORT_STEPS[:4] if args.smoke else IMPORT_STEPS
+        payload["idle"] = bench_idle_rss(settle_s=0.5 if args.smoke else 2.0, import_steps=steps)
+        bc.write_json(args.json, payload)
+    if "bot" in parts:
+        bc.log("jobs through the bot and the fake Bot API")
+        payload["bot"] = asyncio.run(bench_bot(photo_sizes, jobs, args.users, burst))
+        bc.write_json(args.json, payload)
+    if "lag" in parts:
+        payload["lag"] = asyncio.run(bench_loop_lag(phases, lag_photo))
+    payload["machine"] = {
+        **payload["machine"],
+        **{k: v for k, v in bc.machine_info().items() if k in ("torch", "onnxruntime")},
+    }
+    payload["targets"] = targets(payload)
+    bc.write_json(args.json, payload)
+
+    tables = []
+    if "bot" in payload:
+        tables.append(
+            (
+                "No-op jobs through the daemon and the fake Bot API (loopback)",
+                [
+                    "photo",
+                    "jobs/s",
+                    "burst failed",
+                    "latency median ms",
+                    "added median ms",
+                    "added p90 ms",
+                    "engine ms",
+                    "decode ms",
+                    "encode ms",
+                ],
+                [
+                    [
+                        f"{r['photo'][0]}x{r['photo'][1]}",
+                        r["jobs_per_s"],
+                        f"{r['burst_failed']} of {r['burst_jobs']}",
+                        r["latency_median_s"] * 1000,
+                        r["added_latency_median_s"] * 1000,
+                        r["added_latency_p90_s"] * 1000,
+                        r["engine_median_s"] * 1000,
+                        r["decode_ms"],
+                        r["encode_ms"],
+                    ]
+                    for r in payload["bot"]
+                ],
+            )
+        )
+    if "idle" in payload:
+        idle = payload["idle"]
+        tables.append(
+            (
+                "`nstd run`, idle, bot polling, before any model loads",
+                ["measure", "value"],
+                [
+                    ["VmRSS MB", idle["vm_rss_mb"]],
+                    ["VmHWM MB", idle["vm_hwm_mb"]],
+                    ["startup s", idle["startup_s"]],
+                    ["torch loaded", str(idle["torch_loaded"])],
+                    ["onnxruntime loaded", str(idle["onnxruntime_loaded"])],
+                    ["VmRSS MB without a token (no bot)", idle["no_bot"]["vm_rss_mb"]],
+                    [
+                        "torch/onnxruntime loaded without a token",
+                        str(idle["no_bot"]["torch_loaded"] or idle["no_bot"]["onnxruntime_loaded"]),
+                    ],
+                ],
+            )
+        )
+        tables.append(
+            (
+                "Where it goes: RSS added by each import, in a fresh interpreter",
+                ["import", "+MB", "RSS MB", "import s"],
+                [[r["module"], r["added_mb"], r["rss_mb"], r["seconds"]] for r in idle["imports"]],
+            )
+        )
+    if "lag" in payload:
+        tables.append(
+            (
+                "Event-loop lag (10 ms sleep probe) while a real job runs in the worker thread",
+                ["phase", "job s", "p50 ms", "p99 ms", "max ms", "state"],
+                [
+                    [r["phase"], r["job_s"], r["lag_p50_ms"], r["lag_p99_ms"], r["lag_max_ms"], r["state"]]
+                    for r in payload["lag"]
+                ],
+            )
+        )
+    tables.append(
+        (
+            "Targets",
+            ["target", "value", "limit", "verdict"],
+            [[t["label"], t["value"], t["limit_text"], t["verdict"]] for t in payload["targets"]],
+        )
+    )
+    bc.print_tables(tables, args.json)
+    return 0
+
+
+def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in payload.get("bot", []):
+        value = r["added_latency_median_s"] * 1000
+        rows.append(
+            {
+                "label": f"added latency per job, {r['photo'][0]}x{r['photo'][1]} photo, median (ms)",
+                "value": value,
+                "limit_text": "≤ 50",
+                "verdict": bc.verdict(value, 50),
+            }
+        )
+    if "idle" in payload:
+        value = payload["idle"]["vm_rss_mb"]
+        rows.append(
+            {
+                "label": "idle RSS of nstd run, bot polling (MB)",
+                "value": value,
+                "limit_text": "≤ 150",
+                "verdict": bc.verdict(value, 150),
+            }
+        )
+        value = payload["idle"]["no_bot"]["vm_rss_mb"]
+        rows.append(
+            {
+                "label": "idle RSS of nstd run, no token (MB)",
+                "value": value,
+                "limit_text": "≤ 150",
+                "verdict": bc.verdict(value, 150),
+            }
+        )
+    for r in payload.get("lag", []):
+        rows.append(
+            {
+                "label": f"loop lag p99, {r['phase']} (ms)",
+                "value": r["lag_p99_ms"],
+                "limit_text": "≤ 50",
+                "verdict": bc.verdict(r["lag_p99_ms"], 50),
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
