@@ -310,7 +310,7 @@ class JobQueue:
 
     async def recover(self) -> None:
         """At start: re-queue interrupted jobs, fail ones that keep crashing, redeliver finished ones."""
-        for row in self.db["jobs"].rows_where("state = 'running'", order_by="id"):
+        for row in list(self.db["jobs"].rows_where("state = 'running'", order_by="id")):
             attempts = (row["attempts"] or 0) + 1
             if attempts >= MAX_ATTEMPTS:
                 job = self._update(
@@ -509,10 +509,14 @@ class JobQueue:
         if not sources:
             return 0
         marks = ",".join("?" * len(sources))
-        rows = self.db["jobs"].rows_where(
-            f"state in ('done', 'failed', 'cancelled') and delivery = 'pending' and source in ({marks})",
-            sources,
-            order_by="id",
+        # Read every row before the first await: an open cursor would pin a stale read snapshot on the
+        # shared connection, and a later write on it fails with "database is locked" (SQLITE_BUSY_SNAPSHOT).
+        rows = list(
+            self.db["jobs"].rows_where(
+                f"state in ('done', 'failed', 'cancelled') and delivery = 'pending' and source in ({marks})",
+                sources,
+                order_by="id",
+            )
         )
         for row in rows:
             job = Job.from_row(row)
