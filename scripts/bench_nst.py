@@ -5,11 +5,11 @@ set to each of their loss definitions (c), in one process, on the same images, w
     .venv/bin/python scripts/bench_nst.py --sizes 256,512  # the GPU default
     .venv/bin/python scripts/bench_nst.py --levers         # also the per-lever measurements
 
-(a) and (b) are standalone re-implementations with their own network and loop, written from the recipes in
-/work/shared/reference.md and the tutorial's `run_style_transfer`; they share nothing with nstd's engine
-except the weights and the images. "Size N" means a square N x N content and style image: the bot resized
-the shorter side to 300 and the tutorial used a square `imsize`, so a square of side N is both recipes at
-"shorter side N", and no contender has to resize or crop the style image (cover-crop, squash and
+(a) and (b) are standalone re-implementations with their own network and loop, written from the original
+bot's recipe and the tutorial's `run_style_transfer` (docs/benchmarks.md); they share nothing with nstd's
+engine except the weights and the images. "Size N" means a square N x N content and style image: the bot
+resized the shorter side to 300 and the tutorial used a square `imsize`, so a square of side N is both
+recipes at "shorter side N", and no contender has to resize or crop the style image (cover-crop, squash and
 scale-to-area are all the identity), which keeps the three loss functions identical.
 """
 
