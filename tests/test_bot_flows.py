@@ -180,12 +180,25 @@ class BotHarness:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def _own_connection(self) -> Any:
+        # The test thread gets its own connection, as `nstd users add` does: the daemon's connection
+        # belongs to its event loop, and a second thread committing on it would end the loop's transaction.
+        return database.connect(Path(self.db.conn.execute("PRAGMA database_list").fetchone()[2]))
+
     def allow(self, *user_ids: int) -> None:
-        for user_id in user_ids:
-            database.add_user(self.db, user_id)
+        conn = self._own_connection()
+        try:
+            for user_id in user_ids:
+                database.add_user(conn, user_id)
+        finally:
+            conn.conn.close()
 
     def jobs_of(self, user_id: int) -> list[dict[str, Any]]:
-        return list(self.db["jobs"].rows_where("owner = ?", [str(user_id)], order_by="id"))
+        conn = self._own_connection()
+        try:
+            return list(conn["jobs"].rows_where("owner = ?", [str(user_id)], order_by="id"))
+        finally:
+            conn.conn.close()
 
 
 @pytest.fixture(scope="module")
