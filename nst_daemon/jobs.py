@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import logging
+import sqlite3
 import threading
 import time
 import traceback
@@ -38,6 +39,7 @@ PROGRESS_INTERVAL_S = 0.5
 REDELIVERY_DELAYS_S = (5, 15, 60, 300)
 MAX_DELIVERY_ATTEMPTS = 100
 DELIVERY_GRACE_S = 5.0
+INSERT_ATTEMPTS = 5
 
 
 class QueueFull(NstdError):
@@ -258,6 +260,20 @@ class JobQueue:
         return encoded
 
     def _insert(self, request: JobRequest, images: list[bytes]) -> Job:
+        # The connection is shared with the loop thread; a write that has to upgrade a stale WAL read
+        # snapshot fails at once with "database is locked" (the busy timeout does not apply there). The
+        # transaction rolls back, so a short bounded retry is safe and keeps the submission.
+        for attempt in range(1, INSERT_ATTEMPTS + 1):
+            try:
+                return self._insert_once(request, images)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == INSERT_ATTEMPTS:
+                    raise
+                log.info("job insert hit a locked database; retrying (%d)", attempt)
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def _insert_once(self, request: JobRequest, images: list[bytes]) -> Job:
         now = time.time()
         with self._db_lock:
             # Re-check under the lock: two submissions racing for the last slot must not both win.
