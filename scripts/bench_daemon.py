@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import itertools
 import json
@@ -183,6 +184,10 @@ async def bench_bot(
                     if now_done != done:
                         done, last_change, finished = now_done, time.monotonic(), time.monotonic()
                 burst_s = finished - started
+                # What the users were told, so a job with no result explains itself (errors, "busy"...).
+                told = collections.Counter(
+                    c.text[:80] for c in server.find(lambda c: c.method == "sendMessage" and c.ok, mark)
+                )
                 added = [latency - engine_median for latency in latencies]
                 row = {
                     "photo": list(size),
@@ -200,6 +205,9 @@ async def bench_bot(
                     "burst_completed": done,
                     # Jobs whose result never came (an error reply instead): see the log above the tables.
                     "burst_failed": burst - done,
+                    "burst_messages": dict(told.most_common(10)),
+                    # Bot API calls during the burst, by method: status edits grow with the queue's length.
+                    "burst_calls": dict(collections.Counter(c.method for c in server.find(None, mark))),
                     "jobs_per_s": done / burst_s if burst_s > 0 else None,
                     **codec_ms(photo),
                     "median_job_calls_ms": timelines[
