@@ -58,14 +58,32 @@ class SchemaTooNew(Exception):
 def connect(path: Path) -> sqlite_utils.Database:
     """Open (creating if needed) the state database and bring its schema up to date."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    db = sqlite_utils.Database(conn)
-    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db = sqlite_utils.Database(open_connection(path))
     db.enable_wal()
-    db.execute("PRAGMA foreign_keys = ON")
-    db.execute("PRAGMA synchronous = NORMAL")
     migrate(db)
     return db
+
+
+def open_connection(path: Path, *, autocommit: bool = False) -> sqlite3.Connection:
+    """A connection with nstd's pragmas. `autocommit` leaves transactions to explicit BEGIN/COMMIT."""
+    conn = sqlite3.connect(
+        str(path),
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        check_same_thread=False,
+        **({"isolation_level": None} if autocommit else {}),
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def file_of(db: sqlite_utils.Database) -> Path:
+    """The file behind an open database (a second connection to it needs the path)."""
+    for _, name, filename in db.execute("PRAGMA database_list").fetchall():
+        if name == "main" and filename:
+            return Path(filename)
+    raise ValueError("the database has no file (in-memory databases cannot be shared between connections)")
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

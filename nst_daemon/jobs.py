@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import sqlite_utils
 from PIL import Image
 
+from nst_daemon import db as database
 from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, NstdError
@@ -39,7 +40,6 @@ PROGRESS_INTERVAL_S = 0.5
 REDELIVERY_DELAYS_S = (5, 15, 60, 300)
 MAX_DELIVERY_ATTEMPTS = 100
 DELIVERY_GRACE_S = 5.0
-INSERT_ATTEMPTS = 5
 
 
 class QueueFull(NstdError):
@@ -176,6 +176,7 @@ class JobQueue:
         self._accepting = True
         self._last_used = time.monotonic()
         self._db_lock = threading.Lock()
+        self._write_conn: sqlite3.Connection | None = None
         self._worker_idle = asyncio.Event()
         self._worker_idle.set()
         self._background: set[asyncio.Future[None]] = set()
@@ -238,10 +239,14 @@ class JobQueue:
         await self._notify(job)
         return job
 
-    def _check_capacity(self, owner: str) -> None:
-        if self.pending_count() >= self.settings.queue.max_pending:
+    def _check_capacity(self, owner: str, conn: sqlite3.Connection | None = None) -> None:
+        conn = conn or self.db.conn
+        active = "state in ('queued', 'running')"
+        if conn.execute(f"select count(*) from jobs where {active}").fetchone()[0] >= (
+            self.settings.queue.max_pending
+        ):
             raise QueueFull(self.settings.queue.max_pending)
-        if self.db["jobs"].count_where("owner = ? and state in ('queued', 'running')", [owner]) >= (
+        if conn.execute(f"select count(*) from jobs where owner = ? and {active}", [owner]).fetchone()[0] >= (
             self.settings.queue.per_user
         ):
             raise UserBusy(self.settings.queue.per_user)
@@ -260,51 +265,54 @@ class JobQueue:
         return encoded
 
     def _insert(self, request: JobRequest, images: list[bytes]) -> Job:
-        # The connection is shared with the loop thread; a write that has to upgrade a stale WAL read
-        # snapshot fails at once with "database is locked" (the busy timeout does not apply there). The
-        # transaction rolls back, so a short bounded retry is safe and keeps the submission.
-        for attempt in range(1, INSERT_ATTEMPTS + 1):
-            try:
-                return self._insert_once(request, images)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == INSERT_ATTEMPTS:
-                    raise
-                log.info("job insert hit a locked database; retrying (%d)", attempt)
-                time.sleep(0.05 * attempt)
-        raise AssertionError("unreachable")
-
-    def _insert_once(self, request: JobRequest, images: list[bytes]) -> Job:
+        # Runs in a worker thread, so it writes through a connection of its own: on the shared one, a
+        # read the loop thread has in progress would pin an old snapshot, and the write would fail at
+        # once with "database is locked". BEGIN IMMEDIATE takes the write lock up front, where the busy
+        # timeout applies, and makes the capacity re-check and the insert one atomic step.
         now = time.time()
+        row = {
+            "source": request.source,
+            "owner": request.owner,
+            "engine": request.engine,
+            "styles": json.dumps(request.styles),
+            "params": json.dumps(request.params),
+            "state": "queued",
+            "progress": 0.0,
+            "attempts": 0,
+            "delivery": "pending",
+            "reply": json.dumps(request.reply),
+            "created_at": now,
+            "updated_at": now,
+        }
+        columns = ", ".join(f"[{name}]" for name in row)
+        marks = ", ".join("?" * len(row))
         with self._db_lock:
-            # Re-check under the lock: two submissions racing for the last slot must not both win.
-            self._check_capacity(request.owner)
-            with self.db.conn:
-                job_id = (
-                    self.db["jobs"]
-                    .insert(
-                        {
-                            "source": request.source,
-                            "owner": request.owner,
-                            "engine": request.engine,
-                            "styles": json.dumps(request.styles),
-                            "params": json.dumps(request.params),
-                            "state": "queued",
-                            "progress": 0.0,
-                            "attempts": 0,
-                            "delivery": "pending",
-                            "reply": json.dumps(request.reply),
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                    )
-                    .last_pk
-                )
+            conn = self._writer()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Two submissions racing for the last slot must not both win.
+                self._check_capacity(request.owner, conn)
+                job_id = conn.execute(
+                    f"insert into jobs ({columns}) values ({marks})", list(row.values())
+                ).lastrowid
                 prefix = job_prefix(job_id)
                 keys = [f"{prefix}content.jpg"] + [f"{prefix}style-{n}.jpg" for n in range(1, len(images))]
                 for key, data in zip(keys, images, strict=True):
                     self.store.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="image/jpeg")
-                self.db["jobs"].update(job_id, {"input_keys": json.dumps(keys)})
-        return self.get(job_id)  # type: ignore[return-value]
+                conn.execute("update jobs set input_keys = ? where id = ?", [json.dumps(keys), job_id])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            # Read back on this connection too: the shared one may still be on an older snapshot.
+            cursor = conn.execute("select * from jobs where id = ?", [job_id])
+            names = [column[0] for column in cursor.description]
+            return Job.from_row(dict(zip(names, cursor.fetchone(), strict=True)))
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._write_conn is None:
+            self._write_conn = database.open_connection(database.file_of(self.db), autocommit=True)
+        return self._write_conn
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued job at once, or ask the running one to stop; False when it is already final."""
@@ -610,6 +618,10 @@ class JobQueue:
             _, pending = await asyncio.wait(self._background, timeout=DELIVERY_GRACE_S)
             for task in pending:
                 task.cancel()
+        with self._db_lock:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
 
     # --- internals ---
 

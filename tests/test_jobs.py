@@ -133,6 +133,27 @@ def test_bad_image_is_refused_and_creates_nothing(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_submit_survives_a_stale_read_on_the_shared_connection(tmp_path: Path) -> None:
+    """The loop thread may be mid-read on the daemon's connection while another connection (the bot's
+    FSM storage) writes. A submission must still be stored: it once failed with "database is locked"."""
+
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        for owner in ("a", "b"):
+            await queue.submit(cyclegan_request(owner))
+        reading = queue.db.conn.execute("select id from jobs order by id")
+        assert reading.fetchone() is not None  # the statement stays open with its read snapshot
+        other = database.connect(queue.settings.db_path)
+        with other.conn:
+            other["fsm"].insert({"key": "k", "state": "s", "data": "{}", "updated_at": 0.0})
+        job = await queue.submit(cyclegan_request("c"))
+        reading.close()
+        assert queue.get(job.id).state == "queued"
+        assert object_keys(queue, job.prefix) == sorted(job.input_keys)
+
+    asyncio.run(scenario())
+
+
 def test_full_queue_refuses_with_queue_full(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner(), queue={"max_pending": 2, "per_user": 5})
