@@ -50,9 +50,9 @@ IMPORT_STEPS = (
     "rich",
     "typer",
     "aiohttp",
-    "aiogram",
     "nst_daemon.cli",
     "nst_daemon.daemon",
+    # Imports aiogram with its types unbuilt (nst_daemon/bot/lazy_types.py), as `nstd run` does.
     "nst_daemon.bot",
 )
 
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "idle" in parts:
         bc.log("idle RSS of `nstd run`")
-        # Smoke: the cheap import steps only (aiogram alone takes seconds to import).
+        # Smoke: the cheap import steps only.
         steps = IMPORT_STEPS[:4] if args.smoke else IMPORT_STEPS
         payload["idle"] = bench_idle_rss(settle_s=0.5 if args.smoke else 2.0, import_steps=steps)
         bc.write_json(args.json, payload)

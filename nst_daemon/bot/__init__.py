@@ -16,6 +16,11 @@ import asyncio
 import contextlib
 import logging
 
+# isort: off
+# First, so that aiogram's several hundred types are built when first used, not all at import.
+from nst_daemon.bot import lazy_types
+# isort: on
+
 import sqlite_utils
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -95,6 +100,7 @@ class BotService:
     async def start(self) -> None:
         """Check the token with getMe and wire the bot into the queue. Telegram being unreachable is
         not fatal (polling keeps trying); Telegram refusing the token is."""
+        lazy_types.warm_up()
         session = AiohttpSession(api=TelegramAPIServer.from_base(self.settings.telegram.api_base))
         session.middleware(RetryMiddleware())
         try:
