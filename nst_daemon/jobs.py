@@ -252,17 +252,21 @@ class JobQueue:
             raise UserBusy(self.settings.queue.per_user)
 
     def _normalize_inputs(self, request: JobRequest) -> list[bytes]:
-        """Decode every image now, so bad input is refused before a job exists; store clean JPEGs."""
+        """Decode every image now, so bad input is refused before a job exists; return what to store.
+
+        A JPEG that decodes is stored as it came: re-encoding it would cost time and quality, and the
+        worker's decode applies its orientation and colour profile anyway. Other formats become JPEGs.
+        """
         limits = {"max_pixels": self.settings.images.max_pixels, "max_bytes": self.settings.images.max_bytes}
-        encoded = []
+        stored = []
         for index, data in enumerate([request.content, *request.style_images]):
             try:
                 image = imaging.load_image(data, **limits)
             except imaging.ImageError as exc:
                 what = "the content image" if index == 0 else f"style image {index}"
                 raise type(exc)(f"{what}: {exc}") from None
-            encoded.append(imaging.encode_image(image, "jpeg"))
-        return encoded
+            stored.append(data if imaging.is_jpeg(data) else imaging.encode_image(image, "jpeg"))
+        return stored
 
     def _insert(self, request: JobRequest, images: list[bytes]) -> Job:
         # Runs in a worker thread, so it writes through a connection of its own: on the shared one, a

@@ -522,6 +522,27 @@ def test_cancel_button_and_queue_positions(server: FakeTelegram, harness: BotHar
     server.wait_text(other, "cancelled", since=mark)
 
 
+def test_queue_positions_change_when_a_job_leaves_not_when_one_joins(
+    server: FakeTelegram, harness: BotHarness, user: int
+) -> None:
+    first, last = next(_next_user), next(_next_user)
+    harness.allow(first)
+    harness.allow(last)
+    harness.runner.slow[str(first)] = 6
+    mark = server.mark()
+    server.send_photo(first, jpeg(), caption="monet")
+    server.wait_text(first, "stylizing", since=mark)
+    server.send_photo(user, jpeg(), caption="monet")
+    server.wait_text(user, r"queued, position 2 of 2", since=mark)
+    server.send_photo(last, jpeg(), caption="monet")
+    server.wait_text(last, r"queued, position 3 of 3", since=mark)
+    # The first job finishes, the user's starts: the last one moves up.
+    server.wait_text(last, r"queued, position 2 of 2", since=mark)
+    server.wait_text(user, "done", since=mark)
+    # A job joining behind the user's did not re-edit the user's status message.
+    assert not [text for text in server.texts(user, since=mark) if "of 3" in text]
+
+
 def test_settings_are_remembered_and_used(server: FakeTelegram, harness: BotHarness, user: int) -> None:
     mark = server.mark()
     server.send_text(user, "/settings")

@@ -122,6 +122,22 @@ def test_submit_writes_inputs_and_row_before_returning(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_jpeg_inputs_are_stored_as_sent_and_other_formats_as_jpeg(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        sent_jpeg = jpeg((10, 120, 200), size=(40, 30))
+        sent_png = imaging.encode_image(Image.new("RGB", (20, 10), (0, 200, 0)), "png")
+        job = await queue.submit(
+            JobRequest(source="cli", owner="u", engine="nst", content=sent_jpeg, style_images=[sent_png])
+        )
+        content, style = (queue._get_bytes(key) for key in job.input_keys)
+        assert content == sent_jpeg  # no lossy second encode, no time spent on one
+        assert imaging.is_jpeg(style) and not imaging.is_jpeg(sent_png)
+        assert imaging.load_image(style).size == (20, 10)
+
+    asyncio.run(scenario())
+
+
 def test_bad_image_is_refused_and_creates_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner())

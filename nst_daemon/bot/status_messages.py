@@ -167,22 +167,27 @@ class JobProgress:
             if job.source == "telegram" and job.state in FINAL_STATES:
                 self._refresh_queued(exclude=job.id)
             return
+        previous = self._states.get(job.id)
+        self._states[job.id] = job.state
         self.show(job)
-        if self._states.get(job.id) != job.state:
-            self._states[job.id] = job.state
-            # A job moved: everyone behind it in the queue moved too.
+        # A job that left the queue moved everyone behind it; one that joined moved nobody, and
+        # re-editing every queued message for its sake made the edits grow with the queue's square.
+        joined = previous is None and job.state == "queued"
+        if previous != job.state and not joined:
             self._refresh_queued(exclude=job.id)
 
-    def show(self, job: Job) -> None:
+    def show(self, job: Job, position: tuple[int, int] | None = None) -> None:
         chat_id, message_id = job.reply.get("chat_id"), job.reply.get("status_message_id")
         if not chat_id or not message_id:
             return
-        position = self.queue.position(job.id) if job.state == "queued" else None
+        if job.state == "queued" and position is None:
+            position = self.queue.position(job.id)
         self.editor.update(
             int(chat_id), int(message_id), status_text(job, position), keyboards.cancel_job_keyboard(job.id)
         )
 
     def _refresh_queued(self, exclude: int) -> None:
-        for other in self.queue.active_jobs():
+        active = self.queue.active_jobs()  # one read for all positions, not one per message
+        for place, other in enumerate(active, start=1):
             if other.id != exclude and other.source == "telegram" and other.state == "queued":
-                self.show(other)
+                self.show(other, (place, len(active)))
