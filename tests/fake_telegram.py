@@ -177,6 +177,11 @@ class FakeTelegram:
         await site.start()
         self.port = self._runner.addresses[0][1]
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The server's own thread (benchmarks read its CPU clock)."""
+        return self._thread
+
     def stop(self) -> None:
         if self._loop is None or self._thread is None:
             return

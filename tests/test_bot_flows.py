@@ -526,8 +526,7 @@ def test_queue_positions_change_when_a_job_leaves_not_when_one_joins(
     server: FakeTelegram, harness: BotHarness, user: int
 ) -> None:
     first, last = next(_next_user), next(_next_user)
-    harness.allow(first)
-    harness.allow(last)
+    harness.allow(first, last)
     harness.runner.slow[str(first)] = 6
     mark = server.mark()
     server.send_photo(first, jpeg(), caption="monet")
