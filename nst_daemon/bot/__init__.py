@@ -34,6 +34,7 @@ from nst_daemon.bot import texts
 from nst_daemon.bot.callbacks import AnswerCallbacksMiddleware
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.delivery import TelegramDeliverer
+from nst_daemon.bot.pinned_responses import PinResponseTypes
 from nst_daemon.bot.ratelimit import RateLimiter
 from nst_daemon.bot.retry import RetryMiddleware
 from nst_daemon.bot.routers import all_routers
@@ -103,6 +104,7 @@ class BotService:
         lazy_types.warm_up()
         session = AiohttpSession(api=TelegramAPIServer.from_base(self.settings.telegram.api_base))
         session.middleware(RetryMiddleware())
+        session.middleware(PinResponseTypes())
         try:
             self.bot = Bot(self._token, session=session)
         except TokenValidationError:
