@@ -138,6 +138,27 @@ def test_jpeg_inputs_are_stored_as_sent_and_other_formats_as_jpeg(tmp_path: Path
     asyncio.run(scenario())
 
 
+def test_worker_reuses_recent_intake_decodes_and_reads_older_inputs_from_the_store(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        reads: list[str] = []
+        read_from_store = queue._get_bytes
+
+        def counting_read(key: str) -> bytes:
+            reads.append(key)
+            return read_from_store(key)
+
+        queue._get_bytes = counting_read  # type: ignore[method-assign]
+        submitted = [await queue.submit(cyclegan_request(owner)) for owner in ("a", "b", "c")]
+        await run_until_final(queue, submitted[-1].id)
+        assert [queue.get(job.id).state for job in submitted] == ["done"] * 3
+        # Only the newest DECODED_KEPT decodes are kept; the oldest job decodes its stored input.
+        assert jobs.DECODED_KEPT == 2
+        assert reads == [submitted[0].input_keys[0]]
+
+    asyncio.run(scenario())
+
+
 def test_bad_image_is_refused_and_creates_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner())
