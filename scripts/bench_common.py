@@ -23,6 +23,8 @@ RESULTS_DIR = REPO / "bench-results"
 # tests/checkpoints.py (random-init weights in the upstream formats) and tests/fake_telegram.py live there.
 sys.path.insert(0, str(REPO / "tests"))
 
+from toml_config import write_config  # noqa: E402, F401  (re-exported: one writer for tests and benchmarks)
+
 MB = 1024 * 1024
 
 
@@ -179,30 +181,6 @@ class MemoryProbe:
             "rss_peak_reset": self.rss_reset,
             "cuda_peak_mb": None if self.cuda_peak_mb is None else round(self.cuda_peak_mb, 1),
         }
-
-
-# --- configs ------------------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    """A flat two-level TOML config (sections of scalars and lists), as `nstd --config` reads it."""
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    Path(path).write_text("\n".join(lines), encoding="utf-8")
-    return Path(path)
 
 
 # --- numbers ------------------------------------------------------------------------------------------------

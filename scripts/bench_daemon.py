@@ -265,9 +265,9 @@ def bench_idle_rss(settle_s: float, import_steps: tuple[str, ...] = IMPORT_STEPS
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp, FakeTelegram() as server:
         root = Path(tmp)
         (root / "models").mkdir()
-        config = bc.write_toml(root / "config.toml", settings_dict(root, root / "models", server, [7001]))
+        config = bc.write_config(root / "config.toml", settings_dict(root, root / "models", server, [7001]))
         result = idle_daemon(config, settle_s)
-        config = bc.write_toml(root / "no-bot.toml", settings_dict(root, root / "models", None, []))
+        config = bc.write_config(root / "no-bot.toml", settings_dict(root, root / "models", None, []))
         result["no_bot"] = idle_daemon(config, settle_s)
     result["imports"] = import_memory(import_steps)
     return result

@@ -28,6 +28,8 @@ CYCLEGAN_MODELS = (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from toml_config import write_config  # noqa: E402  (re-exported: tests import it from conftest)
+
 
 @pytest.fixture(scope="session")
 def installed_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -71,26 +73,6 @@ def installed_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     write_manifest(models, entries)
     return models
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
