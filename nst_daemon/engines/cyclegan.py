@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
+from nst_daemon.engines.checkpoint import read_checkpoint
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -135,15 +136,7 @@ def clean_generator_state_dict(state_dict: Mapping[str, object]) -> dict[str, to
 
 def load_generator(checkpoint: Path | Mapping[str, torch.Tensor]) -> ResnetGenerator:
     """A frozen generator from an upstream `latest_net_G` file (or an already loaded state dict)."""
-    if isinstance(checkpoint, Mapping):
-        raw: object = checkpoint
-    else:
-        try:
-            raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"CycleGAN checkpoint {checkpoint} does not exist") from None
-        except Exception as exc:  # torch raises many types for a corrupt or foreign file
-            raise CheckpointError(f"cannot read CycleGAN checkpoint {checkpoint}: {exc}") from None
+    raw = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint, "CycleGAN")
     weights = clean_generator_state_dict(raw)  # type: ignore[arg-type]
     with torch.device("meta"):
         generator = ResnetGenerator()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nst_daemon.engines import CheckpointError
+from nst_daemon.engines.checkpoint import read_checkpoint
 
 # torchvision's configuration "E": channel counts, "M" for a 2x2 max-pool.
 _CFG: tuple[int | str, ...] = (
@@ -76,12 +77,7 @@ def validate_vgg_state_dict(state_dict: Mapping[str, object]) -> dict[str, torch
 
 def load_vgg_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read and validate a VGG19 checkpoint; only the feature tensors are kept (float32, CPU)."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"VGG19 checkpoint {path} does not exist") from None
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read VGG19 checkpoint {path}: {exc}") from None
+    raw = read_checkpoint(path, "VGG19")
     return {key: value.float() for key, value in validate_vgg_state_dict(raw).items()}
 
 
