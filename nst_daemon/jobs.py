@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("telegram", "folder", "cli")
 ENGINES = ("nst", "cyclegan")
 ACTIVE_STATES = ("queued", "running")
+ACTIVE_WHERE = "state in (" + ", ".join(f"'{state}'" for state in ACTIVE_STATES) + ")"
 FINAL_STATES = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
 PROGRESS_INTERVAL_S = 0.5
@@ -116,6 +117,15 @@ class Job:
         )
 
 
+def count_active(conn: sqlite3.Connection, owner: str | None = None) -> int:
+    """Queued and running jobs, all or one owner's (on any connection: the queue uses two)."""
+    if owner is None:
+        return conn.execute(f"select count(*) from jobs where {ACTIVE_WHERE}").fetchone()[0]
+    return conn.execute(f"select count(*) from jobs where owner = ? and {ACTIVE_WHERE}", [owner]).fetchone()[
+        0
+    ]
+
+
 def job_prefix(job_id: int) -> str:
     return f"jobs/{job_id}/"
 
@@ -192,7 +202,7 @@ class JobQueue:
         return Job.from_row(rows[0]) if rows else None
 
     def active_jobs(self, owner: str | None = None) -> list[Job]:
-        where, args = "state in ('queued', 'running')", []
+        where, args = ACTIVE_WHERE, []
         if owner is not None:
             where += " and owner = ?"
             args.append(owner)
@@ -208,7 +218,7 @@ class JobQueue:
         return (ids.index(job_id) + 1, len(ids)) if job_id in ids else None
 
     def pending_count(self) -> int:
-        return self.db["jobs"].count_where("state in ('queued', 'running')")
+        return count_active(self.db.conn)
 
     @property
     def running_job_id(self) -> int | None:
@@ -245,14 +255,9 @@ class JobQueue:
 
     def _check_capacity(self, owner: str, conn: sqlite3.Connection | None = None) -> None:
         conn = conn or self.db.conn
-        active = "state in ('queued', 'running')"
-        if conn.execute(f"select count(*) from jobs where {active}").fetchone()[0] >= (
-            self.settings.queue.max_pending
-        ):
+        if count_active(conn) >= self.settings.queue.max_pending:
             raise QueueFull(self.settings.queue.max_pending)
-        if conn.execute(f"select count(*) from jobs where owner = ? and {active}", [owner]).fetchone()[0] >= (
-            self.settings.queue.per_user
-        ):
+        if count_active(conn, owner) >= self.settings.queue.per_user:
             raise UserBusy(self.settings.queue.per_user)
 
     def _normalize_inputs(self, request: JobRequest) -> tuple[list[Image.Image], list[bytes]]:

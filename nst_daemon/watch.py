@@ -22,7 +22,7 @@ from watchdog.observers import Observer
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError
 from nst_daemon.fsutil import write_atomic
-from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull
+from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,7 @@ class FolderWatcher:
     def _already_claimed(self, path: Path) -> bool:
         return bool(
             self.queue.db["jobs"].count_where(
-                "source = 'folder' and owner = ? "
-                "and (state in ('queued', 'running') or delivery = 'pending')",
+                f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery = 'pending')",
                 [str(path)],
             )
         )

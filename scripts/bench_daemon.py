@@ -240,8 +240,9 @@ def thread_cpu_s(thread: Any) -> float:
 
 
 def codec_ms(photo: bytes, repeats: int = 5) -> dict[str, float]:
-    """nstd's own decode and JPEG encode of this photo. A job decodes it twice (the check at intake, the
-    worker's load) and encodes once (the result); a JPEG upload is stored as sent, without a re-encode."""
+    """nstd's own decode and JPEG encode of this photo. A job decodes it once, at intake (the worker reuses
+    that decode while the job is among the newest two), and encodes once (the result); a JPEG upload is
+    stored as sent, without a re-encode."""
     from nst_daemon import imaging
 
     decode, encode = [], []
