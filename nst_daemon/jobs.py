@@ -117,6 +117,17 @@ class Job:
         )
 
 
+def fetch_jobs(
+    conn: sqlite3.Connection, where: str, args: list[Any] | None = None, suffix: str = ""
+) -> list[dict[str, Any]]:
+    """Rows of `jobs` as dicts, in one statement on any connection. Not sqlite-utils' `rows_where` or
+    `query`: those add a sqlite_master lookup or a savepoint around every read, which once made most of
+    the statements a job ran on the event loop."""
+    cursor = conn.execute(f"select * from jobs where {where} {suffix}", args or [])
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
 def count_active(conn: sqlite3.Connection, owner: str | None = None) -> int:
     """Queued and running jobs, all or one owner's (on any connection: the queue uses two)."""
     if owner is None:
@@ -197,8 +208,11 @@ class JobQueue:
 
     # --- reading ---
 
+    def _rows(self, where: str, args: list[Any] | None = None, suffix: str = "") -> list[dict[str, Any]]:
+        return fetch_jobs(self.db.conn, where, args, suffix)
+
     def get(self, job_id: int) -> Job | None:
-        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        rows = self._rows("id = ?", [job_id])
         return Job.from_row(rows[0]) if rows else None
 
     def active_jobs(self, owner: str | None = None) -> list[Job]:
@@ -206,10 +220,10 @@ class JobQueue:
         if owner is not None:
             where += " and owner = ?"
             args.append(owner)
-        return [Job.from_row(row) for row in self.db["jobs"].rows_where(where, args, order_by="id")]
+        return [Job.from_row(row) for row in self._rows(where, args, "order by id")]
 
     def recent_jobs(self, owner: str, limit: int = 5) -> list[Job]:
-        rows = self.db["jobs"].rows_where("owner = ?", [owner], order_by="id desc", limit=limit)
+        rows = self._rows("owner = ?", [owner, limit], "order by id desc limit ?")
         return [Job.from_row(row) for row in rows]
 
     def position(self, job_id: int) -> tuple[int, int] | None:
@@ -326,9 +340,7 @@ class JobQueue:
                 conn.execute("ROLLBACK")
                 raise
             # Read back on this connection too: the shared one may still be on an older snapshot.
-            cursor = conn.execute("select * from jobs where id = ?", [job_id])
-            names = [column[0] for column in cursor.description]
-            return Job.from_row(dict(zip(names, cursor.fetchone(), strict=True)))
+            return Job.from_row(fetch_jobs(conn, "id = ?", [job_id])[0])
 
     def _writer(self) -> sqlite3.Connection:
         if self._write_conn is None:
@@ -355,7 +367,7 @@ class JobQueue:
 
     async def recover(self) -> None:
         """At start: re-queue interrupted jobs, fail ones that keep crashing, redeliver finished ones."""
-        for row in list(self.db["jobs"].rows_where("state = 'running'", order_by="id")):
+        for row in self._rows("state = 'running'", suffix="order by id"):
             attempts = (row["attempts"] or 0) + 1
             if attempts >= MAX_ATTEMPTS:
                 job = self._update(
@@ -392,7 +404,7 @@ class JobQueue:
                 self._worker_idle.set()
 
     def _claim_next(self) -> Job | None:
-        rows = list(self.db["jobs"].rows_where("state = 'queued'", order_by="id", limit=1))
+        rows = self._rows("state = 'queued'", suffix="order by id limit 1")
         if not rows:
             return None
         return self._update(
@@ -433,8 +445,8 @@ class JobQueue:
                 return
             done = self._update(job.id, {"state": "cancelled", "finished_at": time.time()})
             log.info("job %s cancelled", job.id)
-            await self._write_report(done, {"error": "cancelled"})
             await self._finish(done, background=True)
+            await self._write_report(done, {"error": "cancelled"})
             return
         except NstdError as exc:
             await self._fail(job, exc.message, traceback.format_exc())
@@ -460,9 +472,11 @@ class JobQueue:
                 "params": json.dumps({**job.params, "device": report.get("device", "")}),
             },
         )
-        await self._write_report(done, report)
         log.info("job %s done in %.1f s on %s", job.id, seconds, report.get("device", "?"))
+        # The report is the record, not the answer: it is written while the result goes out. The worker
+        # still waits for it before the next job, so a finished worker has always written its reports.
         await self._finish(done, data, background=True)
+        await self._write_report(done, report)
 
     def _schedule_progress(self, job_id: int, fraction: float) -> None:
         job = self._update(job_id, {"progress": max(0.0, min(1.0, fraction))}, only_if_state="running")
@@ -481,8 +495,8 @@ class JobQueue:
     async def _fail(self, job: Job, message: str, trace: str) -> None:
         failed = self._update(job.id, {"state": "failed", "error": message, "finished_at": time.time()})
         log.warning("job %s failed: %s", job.id, message)
-        await self._write_report(failed, {"error": message, "traceback": trace})
         await self._finish(failed, background=True)
+        await self._write_report(failed, {"error": message, "traceback": trace})
 
     async def _write_report(self, job: Job | None, extra: dict[str, Any]) -> None:
         if job is None:
@@ -560,12 +574,10 @@ class JobQueue:
         marks = ",".join("?" * len(sources))
         # Read every row before the first await: an open cursor would pin a stale read snapshot on the
         # shared connection, and a later write on it fails with "database is locked" (SQLITE_BUSY_SNAPSHOT).
-        rows = list(
-            self.db["jobs"].rows_where(
-                f"state in ('done', 'failed', 'cancelled') and delivery = 'pending' and source in ({marks})",
-                sources,
-                order_by="id",
-            )
+        rows = self._rows(
+            f"state in ('done', 'failed', 'cancelled') and delivery = 'pending' and source in ({marks})",
+            sources,
+            "order by id",
         )
         for row in rows:
             job = Job.from_row(row)
@@ -600,15 +612,11 @@ class JobQueue:
     async def sweep_expired(self, older_than_s: float) -> int:
         """Delete finished jobs older than the retention period: their objects first, then their rows."""
         cutoff = time.time() - older_than_s
-        rows = list(
-            self.db["jobs"].rows_where(
-                "state in ('done', 'failed', 'cancelled') and created_at < ?",
-                [cutoff],
-            )
-        )
+        rows = self._rows("state in ('done', 'failed', 'cancelled') and created_at < ?", [cutoff])
         for row in rows:
             await asyncio.to_thread(self._delete_objects, job_prefix(row["id"]))
-            self.db["jobs"].delete(row["id"])
+            with self._db_lock, self.db.conn:
+                self.db.conn.execute("delete from jobs where id = ?", [row["id"]])
         if rows:
             log.info("retention: removed %d jobs older than %.1f days", len(rows), older_than_s / 86400)
         return len(rows)
@@ -652,17 +660,14 @@ class JobQueue:
 
     def _update(self, job_id: int, values: dict[str, Any], only_if_state: str | None = None) -> Job | None:
         values = {**values, "updated_at": time.time()}
+        sets = ", ".join(f"[{key}] = ?" for key in values)
+        where, args = "id = ?", [*values.values(), job_id]
+        if only_if_state is not None:
+            where += " and state = ?"
+            args.append(only_if_state)
         with self._db_lock, self.db.conn:
-            if only_if_state is not None:
-                sets = ", ".join(f"[{key}] = ?" for key in values)
-                cursor = self.db.execute(
-                    f"update jobs set {sets} where id = ? and state = ?",
-                    [*values.values(), job_id, only_if_state],
-                )
-                if cursor.rowcount == 0:
-                    return None
-            else:
-                self.db["jobs"].update(job_id, values)
+            if self.db.conn.execute(f"update jobs set {sets} where {where}", args).rowcount == 0:
+                return None
         return self.get(job_id)
 
     async def _notify(self, job: Job) -> None:

@@ -99,6 +99,24 @@ async def run_until_final(queue: JobQueue, job_id: int, limit_s: float = 30) -> 
         worker.cancel()
 
 
+def test_a_job_runs_without_schema_lookups(tmp_path: Path) -> None:
+    """The queue reads and writes its table in plain SQL: sqlite-utils' table accessors ask sqlite_master
+    first and its `query` wraps every read in a savepoint, which once made most of a job's statements."""
+
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner())
+        queue.set_deliverer("cli", lambda job, result: asyncio.sleep(0))
+        statements: list[str] = []
+        queue.db.conn.set_trace_callback(statements.append)
+        job = await queue.submit(cyclegan_request())
+        done = await run_until_final(queue, job.id)
+        assert done.state == "done" and done.delivery == "delivered"
+        assert any(sql.startswith("update jobs set") for sql in statements)
+        assert not [sql for sql in statements if "sqlite_master" in sql or "SAVEPOINT" in sql]
+
+    asyncio.run(scenario())
+
+
 def test_submit_writes_inputs_and_row_before_returning(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner())
