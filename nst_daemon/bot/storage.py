@@ -23,7 +23,8 @@ from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 
-BUSY_TIMEOUT_S = 10.0
+from nst_daemon.db import open_connection
+
 T = TypeVar("T")
 
 
@@ -49,8 +50,8 @@ class SQLiteStorage(BaseStorage):
         # Opened lazily, and again after close(): aiogram's Dispatcher closes its storage every time
         # polling stops, and the bot restarts polling after network failures.
         if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # The daemon's pragmas too: without `synchronous = NORMAL` every conversation write fsynced.
+            conn = open_connection(Path(self.path))
             conn.execute(
                 "create table if not exists fsm "
                 "(key text primary key, state text, data text, updated_at real)"

@@ -41,18 +41,29 @@ async def submit(message: Message, bot: Bot, services: Services, style: str, ref
     )
 
 
-async def _remember_album(state: FSMContext, group: str | None, style: str) -> None:
+async def _remember_album(
+    state: FSMContext,
+    group: str | None,
+    style: str,
+    known: tuple[str | None, dict[str, Any]] | None = None,
+) -> None:
+    """Leave any question behind and remember the album's style; `known` is the (state, data) just read."""
+    wanted = {"album_group": group, "album_style": style} if group else {}
+    if known == (None, wanted):
+        return  # the usual captioned photo: nothing would change, and each write is a thread hop and a commit
     await state.set_state(None)
-    await state.set_data({"album_group": group, "album_style": style} if group else {})
+    await state.set_data(wanted)
 
 
-async def photo(message: Message, state: FSMContext, bot: Bot, services: Services) -> None:
+async def photo(
+    message: Message, state: FSMContext, raw_state: str | None, bot: Bot, services: Services
+) -> None:
     try:
         ref = image_ref(message)
     except InputProblem as exc:
         await message.answer(str(exc))
         return
-    current = await state.get_state()
+    current = raw_state  # read by aiogram's FSM middleware for this update; no second read
     data: dict[str, Any] = await state.get_data()
     group = message.media_group_id
 
@@ -90,7 +101,7 @@ async def photo(message: Message, state: FSMContext, bot: Bot, services: Service
         ask = await message.answer(texts.CHOOSE_STYLE, reply_markup=keyboards.styles_keyboard())
         await state.update_data(ask_id=ask.message_id)
         return
-    await _remember_album(state, group, style)
+    await _remember_album(state, group, style, known=(current, data))
     await submit(message, bot, services, style, ref)
 
 
