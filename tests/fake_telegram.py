@@ -10,7 +10,8 @@ in-process asyncio tests can drive it, and a subprocess daemon can reach it as `
         call = server.wait_for(lambda c: c.method == "sendPhoto" and c.chat_id == 5, since=mark)
         call.files["photo"]                              # the uploaded result bytes
 
-Faults: `server.fail("sendPhoto", times=3, status=429, retry_after=1)`, `server.go_down()` /
+Faults: `server.fail("sendPhoto", times=3, status=429, retry_after=1)`, `server.delay("sendMessage", 1.0)`,
+`server.go_down()` /
 `server.come_up()` (every request answers 502, or with mode="drop" the connection is closed),
 `server.block(chat_id)` (403 "bot was blocked by the user").
 """
@@ -137,6 +138,7 @@ class FakeTelegram:
         self.files: dict[str, StoredFile] = {}
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.faults: list[Fault] = []
+        self.delays: list[list[Any]] = []  # [method, seconds, times left]
         self.blocked: set[int] = set()
         self.down_mode: str | None = None
         self.commands: list[dict[str, Any]] = []
@@ -231,6 +233,19 @@ class FakeTelegram:
                 Fault(method, times, status, description, retry_after if status == 429 else None, chat_id)
             )
 
+    def delay(self, method: str, seconds: float, times: int = 1) -> None:
+        """The next `times` calls of `method` are answered `seconds` late, as over a slow network."""
+        with self._lock:
+            self.delays.append([method, seconds, times])
+
+    def _take_delay(self, method: str) -> float:
+        with self._lock:
+            for entry in self.delays:
+                if entry[0] == method and entry[2] > 0:
+                    entry[2] -= 1
+                    return float(entry[1])
+        return 0.0
+
     def go_down(self, mode: str = "502") -> None:
         """Simulate an outage: every request answers 502 ("502") or has its connection closed ("drop")."""
         assert mode in ("502", "drop")
@@ -310,6 +325,8 @@ class FakeTelegram:
         if request.match_info["token"] != self.token:
             response = self._error(401, "Unauthorized")
         else:
+            if wait := self._take_delay(method):
+                await asyncio.sleep(wait)
             response = await self._dispatch(method, params, files)
         try:
             body = json.loads(response.body) if isinstance(response.body, bytes) else {}

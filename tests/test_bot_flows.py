@@ -24,7 +24,7 @@ from PIL import Image
 
 from nst_daemon import db as database
 from nst_daemon import jobs
-from nst_daemon.bot import BotService
+from nst_daemon.bot import BotService, status_messages
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, ModelNotInstalled, NstdError
 from nst_daemon.jobs import Job, JobQueue, RunResult
@@ -290,8 +290,8 @@ def test_caption_names_a_style(server: FakeTelegram, harness: BotHarness, user: 
     assert server.find(lambda call: call.method == "getFile", mark)[0].params["file_id"] == largest
     # One status message, edited in place and finished.
     status = server.sent(user, "sendMessage", mark)[0]
-    edits = server.find(lambda c: c.method == "editMessageText" and c.message_id == status.message_id, mark)
     server.wait_text(user, "Monet: done in", since=mark)
+    edits = server.find(lambda c: c.method == "editMessageText" and c.message_id == status.message_id, mark)
     assert edits and all(call.chat_id == user for call in edits)
     job = harness.jobs_of(user)[-1]
     assert job["state"] == "done" and job["delivery"] == "delivered"
@@ -611,9 +611,11 @@ def test_full_queue_says_busy_and_loses_nothing(server: FakeTelegram, harness: B
         server.send_photo(user, jpeg(), caption="monet")
 
     def outcomes() -> list[str]:
-        """The latest text of each status message that says queued or busy (one per submission)."""
+        """The latest text of each status message that says busy, queued or running (one per submission;
+        the job that starts at once is never shown as queued: its first edit already says stylizing)."""
         calls = server.find(lambda c: c.chat_id in users and c.ok and c.method == "editMessageText", mark)
-        latest = {(c.chat_id, c.message_id): c.text for c in calls if "Busy:" in c.text or "queued" in c.text}
+        shown = ("Busy:", "queued", "stylizing")
+        latest = {(c.chat_id, c.message_id): c.text for c in calls if any(s in c.text for s in shown)}
         return list(latest.values())
 
     deadline = time.monotonic() + 30
@@ -675,6 +677,33 @@ def test_status_edits_are_throttled(server: FakeTelegram, harness: BotHarness, u
     assert len(edits) >= 3
     gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(edits)]
     assert min(gaps) >= 2.9, [(call.text, round(call.at, 2)) for call in edits]
+
+
+def test_a_quick_job_gets_one_status_edit(server: FakeTelegram, harness: BotHarness, user: int) -> None:
+    """The first edit waits a second, so queued → stylizing → done within it is one edit, not three
+    racing the result to the chat."""
+    mark = server.mark()
+    server.send_photo(user, jpeg(), caption="monet")
+    result = result_call(server, user, mark)
+    done = server.wait_text(user, "Monet: done in", since=mark)
+    status = server.sent(user, "sendMessage", mark)[0]
+    edits = server.find(lambda c: c.method == "editMessageText" and c.message_id == status.message_id, mark)
+    assert [call.text for call in edits] == [done.text]
+    assert result.at < done.at and done.at - status.at >= status_messages.FIRST_EDIT_AFTER_S - 0.1
+
+
+def test_the_status_message_does_not_hold_up_the_download(
+    server: FakeTelegram, harness: BotHarness, user: int
+) -> None:
+    """Sent together: over a slow link the photo is fetched while "got it" is still on its way."""
+    server.delay("sendMessage", 1.0)
+    mark = server.mark()
+    server.send_photo(user, jpeg(), caption="monet")
+    result_call(server, user, mark)
+    status = server.sent(user, "sendMessage", mark)[0]
+    download = server.find(lambda c: c.method == "download", mark)[0]
+    assert download.at < status.at  # calls are logged when answered: the download finished first
+    assert "got it" in status.text
 
 
 def wait_running(harness: BotHarness, user: int, timeout: float = 20) -> int:

@@ -6,6 +6,7 @@ caller as an Outcome, so a flow can decide whether its conversation state surviv
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -76,17 +77,28 @@ class JobStarter:
             if engine == "cyclegan"
             else f"{texts.NST_NAME} ({len(style_refs)} style image{texts.plural(len(style_refs))})"
         )
-        status = await bot.send_message(chat_id=chat_id, text=texts.STATUS_RECEIVED.format(label=label))
+        # The status message and the downloads go out together: one Bot API round trip less before the
+        # job is queued. The message is awaited before anything refers to it.
+        sending = asyncio.ensure_future(
+            bot.send_message(chat_id=chat_id, text=texts.STATUS_RECEIVED.format(label=label))
+        )
+        problem = ""
+        try:
+            content_bytes = await download(bot, content)
+            style_bytes = [await download(bot, ref) for ref in style_refs]
+        except InputProblem as exc:
+            problem = str(exc)
+        except BaseException:
+            sending.cancel()
+            raise
+        status = await sending
 
         async def fail(text: str, outcome: Outcome) -> Outcome:
             await self._edit(bot, chat_id, status.message_id, f"{label}: {text}")
             return outcome
 
-        try:
-            content_bytes = await download(bot, content)
-            style_bytes = [await download(bot, ref) for ref in style_refs]
-        except InputProblem as exc:
-            return await fail(str(exc), Outcome(problem="input"))
+        if problem:
+            return await fail(problem, Outcome(problem="input"))
         prefs = await self.prefs(user_id)
         request = JobRequest(
             source="telegram",

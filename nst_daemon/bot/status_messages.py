@@ -2,6 +2,9 @@
 
 Telegram allows few edits per message, so edits are throttled per message: at most one every
 `interval_s`; newer text replaces older pending text, and the latest is flushed when the window opens.
+The first edit waits `first_edit_after_s` after the message is first updated: a job that starts at once
+goes from "got it" to "queued" to "stylizing" within milliseconds, and a quick one is done before the
+second is up, so the waiting folds those into one edit instead of racing the result to the same chat.
 A final text is never dropped or overtaken by a late progress update.
 """
 
@@ -22,6 +25,7 @@ from nst_daemon.jobs import FINAL_STATES, Job, JobQueue
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL_S = 3.0
+FIRST_EDIT_AFTER_S = 1.0
 
 
 def job_label(job: Job) -> str:
@@ -73,8 +77,11 @@ class _Entry:
 
 
 class StatusEditor:
-    def __init__(self, interval_s: float = EDIT_INTERVAL_S) -> None:
+    def __init__(
+        self, interval_s: float = EDIT_INTERVAL_S, first_edit_after_s: float = FIRST_EDIT_AFTER_S
+    ) -> None:
         self.interval_s = interval_s
+        self.first_edit_after_s = first_edit_after_s
         self.bot: Bot | None = None
         self._entries: dict[tuple[int, int], _Entry] = {}
 
@@ -91,7 +98,9 @@ class StatusEditor:
         key = (chat_id, message_id)
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(chat_id, message_id)
+            # As if last edited just now, so the first edit comes `first_edit_after_s` from now.
+            last_edit = time.monotonic() - self.interval_s + self.first_edit_after_s
+            entry = self._entries[key] = _Entry(chat_id, message_id, last_edit)
         if entry.final and not final:
             return
         entry.final = entry.final or final
