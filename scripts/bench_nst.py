@@ -1,7 +1,8 @@
 """NST speed, side by side: the original bot's recipe (a), PyTorch's tutorial recipe (b), and nstd's engine
 set to each of their loss definitions (c), in one process, on the same images, weights and device.
 
-    .venv/bin/python scripts/bench_nst.py                  # CPU default: 256 px
+    .venv/bin/python scripts/bench_nst.py                  # CPU default: 128 px, about 4 min
+    .venv/bin/python scripts/bench_nst.py --sizes 256      # the issue's CPU size: about 16 min on 2 cores
     .venv/bin/python scripts/bench_nst.py --sizes 256,512  # the GPU default
     .venv/bin/python scripts/bench_nst.py --levers         # also the per-lever measurements
 
@@ -662,7 +663,9 @@ def _lever(label: str, without: float, with_: float, unit: str) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     parser = bc.parser("nst", __doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sizes", type=bc.parse_sizes, help="square sizes (default 256 on CPU, 256,512 on GPU)"
+        "--sizes",
+        type=bc.parse_sizes,
+        help="square sizes (default 128 on CPU, 256,512 on GPU; 256 on a 2-core CPU takes about 16 min)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: physical cores)")
     parser.add_argument("--seed", type=int, default=0, help="VGG19 random-init seed")
@@ -689,7 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         args.stock = {"max_steps": (8, 8), "min_side": 16}
         args.tuned = {"max_steps": (8, 100_000), "min_side": 16}
         args.lever_repeats = 1
-    sizes = args.sizes or ([256, 512] if device.type == "cuda" else [256])
+    # The CPU default is the largest size that runs in a few minutes on a 2-core box: at 256 the bot's
+    # recipe alone runs its 1440 Adam steps for about 10 minutes (docs/benchmarks.md, "How to run").
+    sizes = args.sizes or ([256, 512] if device.type == "cuda" else [128])
 
     state_dict = make_vgg19_state_dict(seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-nst-") as tmp:
