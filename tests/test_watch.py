@@ -56,6 +56,11 @@ def test_twenty_files_at_once(tmp_path: Path, daemon_config) -> None:
                 style = ("monet", "cezanne", "vangogh")[n % 3]
                 photo(inbox / style / f"p{n:02}.jpg", (n * 15, 80, 200 - n * 10))
                 good[f"p{n:02}.jpg"] = style
+            # Duplicate events for one file must not create two jobs. Right after the writes: within
+            # settle_s, so the file is surely still in the inbox (a second later it may be done already).
+            for _ in range(3):
+                daemon.watcher.consider(inbox / "monet" / "p00.jpg")
+                os.utime(inbox / "monet" / "p00.jpg")
             (inbox / "ukiyoe" / "notes.jpg").write_text("not an image at all")
             (inbox / "ukiyoe" / "doc.pdf").write_bytes(b"%PDF-1.4")
             # Temporary names are ignored until renamed.
@@ -70,10 +75,6 @@ def test_twenty_files_at_once(tmp_path: Path, daemon_config) -> None:
                     handle.flush()
                     await asyncio.sleep(0.15)
             good["slow.png"] = "cezanne"
-            # Duplicate events for one file must not create two jobs.
-            for _ in range(3):
-                daemon.watcher.consider(inbox / "monet" / "p00.jpg")
-                os.utime(inbox / "monet" / "p00.jpg")
             await asyncio.sleep(1.0)
             assert not list((watch / "outbox" / "monet").glob("incoming*"))
             os.rename(inbox / "monet" / "incoming.jpg.part", inbox / "monet" / "incoming.jpg")
