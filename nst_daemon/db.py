@@ -78,9 +78,9 @@ def open_connection(path: Path, *, autocommit: bool = False) -> sqlite3.Connecti
     return conn
 
 
-def file_of(db: sqlite_utils.Database) -> Path:
-    """The file behind an open database (a second connection to it needs the path)."""
-    for _, name, filename in db.execute("PRAGMA database_list").fetchall():
+def file_of(conn: sqlite3.Connection) -> Path:
+    """The file behind an open connection (a second connection to it needs the path)."""
+    for _, name, filename in conn.execute("PRAGMA database_list").fetchall():
         if name == "main" and filename:
             return Path(filename)
     raise ValueError("the database has no file (in-memory databases cannot be shared between connections)")

@@ -344,7 +344,7 @@ class JobQueue:
 
     def _writer(self) -> sqlite3.Connection:
         if self._write_conn is None:
-            self._write_conn = database.open_connection(database.file_of(self.db), autocommit=True)
+            self._write_conn = database.open_connection(database.file_of(self.db.conn), autocommit=True)
         return self._write_conn
 
     async def cancel(self, job_id: int) -> bool:

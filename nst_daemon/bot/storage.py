@@ -23,7 +23,7 @@ from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 
-from nst_daemon.db import open_connection
+from nst_daemon.db import file_of, open_connection
 
 T = TypeVar("T")
 
@@ -63,11 +63,7 @@ class SQLiteStorage(BaseStorage):
     @classmethod
     def for_database(cls, conn: sqlite3.Connection) -> SQLiteStorage:
         """A storage on the same file as an open connection (the daemon's sqlite_utils `db.conn`)."""
-        rows = conn.execute("PRAGMA database_list").fetchall()
-        path = next((row[2] for row in rows if row[1] == "main"), "")
-        if not path:
-            raise ValueError("the FSM storage needs a database file, not an in-memory database")
-        return cls(path)
+        return cls(file_of(conn))
 
     # --- BaseStorage ---
 
