@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SOURCES = ("telegram", "folder", "cli")
 ENGINES = ("nst", "cyclegan")
 ACTIVE_STATES = ("queued", "running")
-ACTIVE_WHERE = "state in (" + ", ".join(f"'{state}'" for state in ACTIVE_STATES) + ")"
 FINAL_STATES = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
 PROGRESS_INTERVAL_S = 0.5
@@ -115,6 +114,14 @@ class Job:
         return (
             self.styles[0] if self.engine == "cyclegan" else f"multi-style NST ({len(self.input_keys) - 1})"
         )
+
+
+def _state_in(states: tuple[str, ...]) -> str:
+    return "state in (" + ", ".join(f"'{state}'" for state in states) + ")"
+
+
+ACTIVE_WHERE = _state_in(ACTIVE_STATES)
+FINAL_WHERE = _state_in(FINAL_STATES)
 
 
 def fetch_jobs(
@@ -575,7 +582,7 @@ class JobQueue:
         # Read every row before the first await: an open cursor would pin a stale read snapshot on the
         # shared connection, and a later write on it fails with "database is locked" (SQLITE_BUSY_SNAPSHOT).
         rows = self._rows(
-            f"state in ('done', 'failed', 'cancelled') and delivery = 'pending' and source in ({marks})",
+            f"{FINAL_WHERE} and delivery = 'pending' and source in ({marks})",
             sources,
             "order by id",
         )
@@ -612,7 +619,7 @@ class JobQueue:
     async def sweep_expired(self, older_than_s: float) -> int:
         """Delete finished jobs older than the retention period: their objects first, then their rows."""
         cutoff = time.time() - older_than_s
-        rows = self._rows("state in ('done', 'failed', 'cancelled') and created_at < ?", [cutoff])
+        rows = self._rows(f"{FINAL_WHERE} and created_at < ?", [cutoff])
         for row in rows:
             await asyncio.to_thread(self._delete_objects, job_prefix(row["id"]))
             with self._db_lock, self.db.conn:
