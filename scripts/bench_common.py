@@ -25,6 +25,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from toml_config import write_config  # noqa: E402, F401  (re-exported: one writer for tests and benchmarks)
 
+from nst_daemon.engines.cores import physical_cores  # noqa: E402  (torch-free; machine_info reports it)
+from nst_daemon.fsutil import write_atomic  # noqa: E402
+
 MB = 1024 * 1024
 
 
@@ -66,37 +69,13 @@ def _cpuinfo_field(name: str) -> str:
     return platform.processor() or "unknown"
 
 
-def _meminfo_mb(name: str) -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return float("nan")
-
-
-def physical_cores() -> int:
-    """Distinct (physical id, core id) pairs in /proc/cpuinfo; like engines/device.py's, without torch."""
-    cores = set()
-    try:
-        blocks = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split("\n\n")
-    except OSError:
-        return os.cpu_count() or 1
-    for block in blocks:
-        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
-        if "processor" in fields:
-            cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
-    return max(1, len(cores))
-
-
 def machine_info(*, torch_device: str | None = None) -> dict[str, Any]:
     """What the numbers were measured on. Reports torch/onnxruntime only when already imported."""
     info: dict[str, Any] = {
         "cpu": _cpuinfo_field("model name"),
         "logical_cpus": len(os.sched_getaffinity(0)),
         "physical_cores": physical_cores(),
-        "ram_mb": round(_meminfo_mb("MemTotal")),
+        "ram_mb": round(_proc_kb_field_mb(Path("/proc/meminfo"), "MemTotal")),
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -117,15 +96,20 @@ def machine_info(*, torch_device: str | None = None) -> dict[str, Any]:
 # --- memory -------------------------------------------------------------------------------------------------
 
 
-def proc_status_mb(field: str, pid: int | str = "self") -> float:
-    """A kB field of /proc/<pid>/status (VmRSS, VmHWM) in MiB; NaN where unavailable."""
+def _proc_kb_field_mb(path: Path, field: str) -> float:
+    """A "Field:  1234 kB" line of a /proc file in MiB; NaN where unavailable."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
     return float("nan")
+
+
+def proc_status_mb(field: str, pid: int | str = "self") -> float:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM) in MiB; NaN where unavailable."""
+    return _proc_kb_field_mb(Path(f"/proc/{pid}/status"), field)
 
 
 def reset_peak_rss() -> bool:
@@ -243,10 +227,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     if isinstance(payload.get("machine"), dict):
         payload["machine"]["loadavg_at_write"] = os.getloadavg()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n").encode())
     return path
 
 

@@ -104,8 +104,8 @@ def session_variants(device: str, cuda_loads: bool) -> dict[str, tuple[dict[str,
     """label -> (SessionOptions attributes, providers). The first is nstd's configuration."""
     import onnxruntime as ort
 
+    from nst_daemon.engines.cores import physical_cores
     from nst_daemon.engines.cyclegan import provider_list
-    from nst_daemon.engines.device import physical_cores
 
     g = ort.GraphOptimizationLevel
     cores = physical_cores()
@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from checkpoints import make_cyclegan_state_dict, save_checkpoint
 
+    from nst_daemon.engines.cores import physical_cores
     from nst_daemon.engines.cyclegan import CycleGANEngine, export_onnx, load_generator
-    from nst_daemon.engines.device import physical_cores, resolve_torch_device
+    from nst_daemon.engines.device import resolve_torch_device
 
     torch.set_num_threads(args.threads or physical_cores())
     device = resolve_torch_device(args.device)

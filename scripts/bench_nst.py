@@ -679,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from checkpoints import make_vgg19_state_dict, save_checkpoint
 
-    from nst_daemon.engines.device import physical_cores, resolve_torch_device
+    from nst_daemon.engines.cores import physical_cores
+    from nst_daemon.engines.device import resolve_torch_device
     from nst_daemon.engines.nst import NSTEngine
 
     # Smoke images are tiny: OpenMP's fork-join costs more there than a second core gains.

@@ -20,6 +20,7 @@ from checkpoints import (
 
 from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
 from nst_daemon.engines import cyclegan as cg
+from nst_daemon.engines.cores import physical_cores
 from nst_daemon.engines.cyclegan import (
     CycleGANEngine,
     ResnetGenerator,
@@ -30,7 +31,6 @@ from nst_daemon.engines.cyclegan import (
     provider_list,
     to_model_input,
 )
-from nst_daemon.engines.device import physical_cores
 from nst_daemon.errors import NstdError
 
 

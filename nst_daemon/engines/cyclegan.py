@@ -376,7 +376,7 @@ class CycleGANEngine:
     def _load(self) -> None:
         import onnxruntime as ort
 
-        from nst_daemon.engines.device import physical_cores
+        from nst_daemon.engines.cores import physical_cores
 
         if not self.onnx_path.is_file():
             raise CheckpointError(f"ONNX model {self.onnx_path} does not exist")

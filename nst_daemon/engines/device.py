@@ -1,9 +1,8 @@
-"""Where the engines run: torch device selection and the CPU core count for ONNX Runtime."""
+"""Where the engines run: torch device selection (the CPU core count is in `cores`, free of torch)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -56,34 +55,6 @@ def describe_torch_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process; hyper-threads do not help convolution throughput."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        allowed = set(range(os.cpu_count() or 1))
-    cores: set[tuple[str, str]] = set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return max(1, len(allowed))
-    for block in text.split("\n\n"):
-        fields = dict(
-            (key.strip(), value.strip())
-            for key, _, value in (line.partition(":") for line in block.splitlines())
-            if key.strip()
-        )
-        try:
-            processor = int(fields["processor"])
-        except (KeyError, ValueError):
-            continue
-        if processor not in allowed:
-            continue
-        # Without topology fields (some VMs, non-x86) every logical CPU counts as a core.
-        cores.add((fields.get("physical id", "0"), fields.get("core id", str(processor))))
-    return max(1, len(cores) or len(allowed))
 
 
 def nvidia_driver_present() -> bool:
