@@ -40,9 +40,9 @@ class Daemon:
         db = database.connect(settings.db_path)
         store = open_store(settings)
         if self._runner is None:
-            from nst_daemon.runner import EngineRunner
+            from nst_daemon.engine_process import ProcessRunner
 
-            self._runner = EngineRunner(settings)
+            self._runner = ProcessRunner(settings)
         self.queue = JobQueue(db, store, settings.store.bucket, settings, self._runner)
         self._report_missing_models()
         await self.queue.recover()
@@ -150,6 +150,9 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        close_runner = getattr(self._runner, "close", None)
+        if close_runner is not None:
+            await asyncio.to_thread(close_runner)
         if self.bot is not None:
             # Stopped after the queue, so a job finishing in the grace period can still be delivered;
             # meanwhile new requests are answered "shutting down".

@@ -1,7 +1,8 @@
-"""Runs a job's engine in the worker thread: models load lazily on first use and unload when idle.
+"""Runs a job's engine: models load lazily on first use and unload when idle.
 
 This is the only module between the queue and the engines; torch is imported here on first use, so
-the daemon starts small and the bot and the folder never import it.
+the daemon starts small and the bot and the folder never import it. The daemon runs it inside its engine
+process (engine_process.py); tests and benchmarks also call it in their own process.
 """
 
 from __future__ import annotations

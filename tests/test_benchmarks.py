@@ -106,4 +106,7 @@ def test_bench_daemon_smoke(tmp_path: Path) -> None:
     assert positive(idle["vm_rss_mb"]) and idle["exit_code"] == 0
     assert idle["torch_loaded"] is False and idle["onnxruntime_loaded"] is False
     assert {row["state"] for row in payload["lag"]} == {"done"}
+    # The daemon's engine process, and the engines in the daemon's own process for comparison.
+    assert {row["place"] for row in payload["lag"]} == {"engine process", "daemon"}
+    assert [t for t in payload["targets"] if "loop lag" in t["label"]], "the lag target is judged"
     assert all(positive(row["lag_p99_ms"]) for row in payload["lag"])

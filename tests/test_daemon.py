@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sqlite3
@@ -42,14 +43,24 @@ def slow_nst_config(daemon_config):
     return daemon_config(watch={"enabled": True, "settle_s": 0.1}, nst={"preset": "fast", "max_side": 128})
 
 
-def test_sigkill_mid_job_then_restart_delivers_exactly_once(daemon_config, daemon_process) -> None:
+def start_with_a_style(daemon_config, daemon_process):
+    """`nstd run` with the watched folder on and one NST style image in place: (config, settings, daemon)."""
     config = slow_nst_config(daemon_config)
     settings = load_settings(config)
-    watch, db_path = settings.watch.dir, settings.db_path
     daemon = daemon_process(config).start()
-    drop(watch / "styles" / "s.jpg", (220, 30, 30), (64, 64))
+    drop(settings.watch.dir / "styles" / "s.jpg", (220, 30, 30), (64, 64))
+    return config, settings, daemon
+
+
+def wait_for_progress(db_path: Path, name: str) -> None:
+    wait_until(lambda: (job_row(db_path, name) or {}).get("progress", 0) > 0, 60, message=f"{name}: progress")
+
+
+def test_sigkill_mid_job_then_restart_delivers_exactly_once(daemon_config, daemon_process) -> None:
+    config, settings, daemon = start_with_a_style(daemon_config, daemon_process)
+    watch, db_path = settings.watch.dir, settings.db_path
     drop(watch / "inbox" / "nst" / "photo.jpg", (30, 140, 220), (160, 120))
-    wait_until(lambda: (job_row(db_path, "photo.jpg") or {}).get("progress", 0) > 0, 60, message="progress")
+    wait_for_progress(db_path, "photo.jpg")
     daemon.kill()
     row = job_row(db_path, "photo.jpg")
     assert row["state"] == "running"
@@ -83,13 +94,10 @@ def test_sigkill_mid_job_then_restart_delivers_exactly_once(daemon_config, daemo
 def test_sigterm_mid_job_exits_within_grace_and_job_completes_after_restart(
     daemon_config, daemon_process
 ) -> None:
-    config = slow_nst_config(daemon_config)
-    settings = load_settings(config)
+    config, settings, daemon = start_with_a_style(daemon_config, daemon_process)
     watch, db_path = settings.watch.dir, settings.db_path
-    daemon = daemon_process(config).start()
-    drop(watch / "styles" / "s.jpg", (220, 30, 30), (64, 64))
     drop(watch / "inbox" / "nst" / "term.jpg", (30, 140, 220), (160, 120))
-    wait_until(lambda: (job_row(db_path, "term.jpg") or {}).get("progress", 0) > 0, 60, message="progress")
+    wait_for_progress(db_path, "term.jpg")
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(settings.daemon.grace_period_s + 10) == 0
@@ -149,3 +157,41 @@ def test_missing_models_at_start_is_one_clear_line(tmp_path: Path, daemon_proces
     assert "no Telegram token configured" in daemon.log
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_engines_run_in_their_own_process(daemon_config, daemon_process) -> None:
+    """torch loads in the engine process only, so its import never holds the daemon's GIL; killing that
+    process fails the job it was running, and the daemon goes on with a new one."""
+    _, settings, daemon = start_with_a_style(daemon_config, daemon_process)
+    watch, db_path = settings.watch.dir, settings.db_path
+    drop(watch / "inbox" / "nst" / "first.jpg", (30, 140, 220), (48, 36))
+    wait_until(lambda: (job_row(db_path, "first.jpg") or {}).get("state") == "done", 120, message="job 1")
+    pid = daemon.proc.pid
+    # multiprocessing's resource tracker is a child too; the engine process is the one with torch.
+    (engines,) = [child for child in _children(pid) if _maps_torch(child)]
+    assert not _maps_torch(pid)
+
+    drop(watch / "inbox" / "nst" / "second.jpg", (30, 140, 220), (160, 120))
+    wait_for_progress(db_path, "second.jpg")
+    os.kill(engines, signal.SIGKILL)
+    wait_until(lambda: (job_row(db_path, "second.jpg") or {}).get("state") == "failed", 30, message="fail")
+    assert job_row(db_path, "second.jpg")["error"] == (
+        "the engine process was killed by SIGKILL (out of memory?); the next job starts a new one"
+    )
+    drop(watch / "inbox" / "nst" / "third.jpg", (30, 140, 220), (48, 36))
+    wait_until(lambda: (job_row(db_path, "third.jpg") or {}).get("state") == "done", 120, message="job 3")
+    (new_engines,) = [child for child in _children(pid) if _maps_torch(child)]
+    assert new_engines != engines
+    assert daemon.stop() == 0
+    wait_until(lambda: not Path(f"/proc/{new_engines}").exists(), 15, message="the engine process to end")

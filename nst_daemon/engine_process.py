@@ -1,0 +1,301 @@
+"""The engines in a child process, so that the daemon's event loop never waits on them.
+
+Importing torch holds the GIL in one stretch of about 0.4 s (torch._C's initialisation), and loading a
+model holds it for seconds more in shorter stretches. In the daemon's own process that stalls the bot and
+the folder watcher: the first NST job measured a loop lag p99 of up to 133 ms (docs/benchmarks.md). In a
+child process the engines have an interpreter and a GIL of their own. The child also hands torch's memory
+and the CUDA context back to the system when it exits after the idle unload, and a driver crash or an
+out-of-memory kill fails one job instead of taking the daemon down.
+
+`ProcessRunner` is the parent's side: it has the `Runner` interface of jobs.py and is called from the
+queue's worker thread. The child runs the ordinary `EngineRunner` and is started by the first job.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.util  # registers its exit handler now, so that `_kill_children` runs before it
+import pickle
+import queue
+import signal
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from PIL import Image
+
+from nst_daemon.config import Settings
+from nst_daemon.errors import Cancelled, NstdError
+from nst_daemon.jobs import Job, ProgressFn, RunResult
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+STOP_TIMEOUT_S = 10.0
+# Unloading a model can wait on the GPU driver; a child that does not answer in this time is stopped.
+REPLY_TIMEOUT_S = 60.0
+
+# Children still running when the interpreter exits. multiprocessing's own exit handler would SIGTERM them,
+# which they ignore (see `serve`), and then wait forever; this handler, registered later, runs first.
+_children: set[Any] = set()
+
+
+@atexit.register
+def _kill_children() -> None:
+    for process in list(_children):
+        if process.is_alive():
+            process.kill()
+            process.join(STOP_TIMEOUT_S)
+
+
+class EngineProcessDied(NstdError):
+    """The child process ended in the middle of a job; the next job starts a new one."""
+
+
+class RemoteTraceback(Exception):
+    """The child's traceback, chained as the cause of the error raised here, so the job's log keeps it."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0])
+
+
+class ProcessRunner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._context = multiprocessing.get_context("spawn")  # fork would copy the loop's threads and locks
+        self._process: Any = None
+        self._commands: Connection | None = None
+        self._events: Connection | None = None
+        # One job or one unload at a time; the pipes carry one conversation.
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while it runs (tests and `nstd` logs use it), else None."""
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def run(
+        self,
+        job: Job,
+        content: Image.Image,
+        styles: list[Image.Image],
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> RunResult:
+        with self._lock:
+            self._start()
+            self._send(("run", job, content, styles))
+            cancel_sent = False
+            while True:
+                if cancel.is_set() and not cancel_sent:
+                    self._send(("cancel",))
+                    cancel_sent = True
+                event = self._receive(POLL_S)
+                if event is None:
+                    continue
+                kind, *payload = event
+                if kind == "progress":
+                    progress(payload[0])
+                elif kind == "result":
+                    return payload[0]
+                elif kind == "error":
+                    raise _rebuild(*payload)
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        """Unload the models idle for `idle_s`; when none is left loaded, the child exits and its memory
+        (torch's, and the CUDA context's) goes back to the system."""
+        if not self._lock.acquire(blocking=False):
+            return []  # a job is running, so no model is idle
+        try:
+            if self._process is None:
+                return []
+            self._send(("unload_idle", idle_s))
+            event = self._receive(REPLY_TIMEOUT_S)
+            if event is None:
+                log.warning("the engine process did not answer an unload request; stopping it")
+                self._stop()
+                return []
+            _, unloaded, still_loaded = event
+            if not still_loaded:
+                self._stop()
+            return unloaded
+        except EngineProcessDied as exc:
+            log.warning("%s", exc)
+            return []
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Stop the child. The queue has finished or cancelled its job by now; should a job still hold
+        the runner after STOP_TIMEOUT_S, the child is killed and that job fails."""
+        if self._lock.acquire(timeout=STOP_TIMEOUT_S):
+            try:
+                self._stop()
+            finally:
+                self._lock.release()
+        elif self._process is not None:
+            self._process.kill()
+
+    # --- the child's lifetime ---
+
+    def _start(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        self._discard()
+        commands_out, commands_in = self._context.Pipe(duplex=False)
+        events_out, events_in = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=serve, args=(self.settings, commands_out, events_in), name="nstd-engines", daemon=True
+        )
+        process.start()
+        _children.add(process)
+        commands_out.close()  # the child's ends: closing ours lets each side see the other go away
+        events_in.close()
+        self._process, self._commands, self._events = process, commands_in, events_out
+        log.info("engine process started (pid %s)", process.pid)
+
+    def _stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        with contextlib.suppress(EngineProcessDied):  # already gone: nothing to ask
+            self._send(("stop",))
+        process.join(STOP_TIMEOUT_S)
+        if process.is_alive():
+            log.warning("the engine process did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
+            process.kill()
+            process.join(STOP_TIMEOUT_S)
+        log.info("engine process stopped (pid %s)", process.pid)
+        self._discard()
+
+    def _discard(self) -> None:
+        _children.discard(self._process)
+        for connection in (self._commands, self._events):
+            if connection is not None:
+                connection.close()
+        self._process = self._commands = self._events = None
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        assert self._commands is not None
+        try:
+            self._commands.send(message)
+        except OSError:
+            raise self._died() from None
+
+    def _receive(self, timeout_s: float) -> tuple[Any, ...] | None:
+        assert self._events is not None and self._process is not None
+        try:
+            if self._events.poll(timeout_s):
+                return self._events.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        if not self._process.is_alive():
+            raise self._died()
+        return None
+
+    def _died(self) -> EngineProcessDied:
+        process = self._process
+        process.join(1.0)
+        code = process.exitcode
+        self._discard()
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if code == -signal.SIGKILL:
+                how += " (out of memory?)"
+        else:
+            how = f"exited with code {code}"
+        log.error("the engine process %s", how)
+        return EngineProcessDied(f"the engine process {how}; the next job starts a new one")
+
+
+def _rebuild(kind: str, message: str, error: BaseException | None, remote_traceback: str) -> BaseException:
+    """The child's error as the parent raises it: the queue tells Cancelled, NstdError (a message for the
+    user) and anything else (an engine bug) apart."""
+    if kind == "cancelled":
+        exc: BaseException = Cancelled(message)
+    elif kind == "nstd":
+        exc = NstdError(message)
+    else:
+        exc = error if error is not None else RuntimeError(message)
+    exc.__cause__ = RemoteTraceback(remote_traceback)
+    return exc
+
+
+# --- the child -------------------------------------------------------------------------------------------
+
+
+def serve(settings: Settings, commands: Connection, events: Connection) -> None:
+    """The child's main: runs jobs from `commands` one at a time, reporting on `events`."""
+    # Stopping is the parent's decision: systemd's SIGTERM and a terminal's Ctrl-C reach the whole process
+    # group, and a job cut short here would fail instead of finishing within the grace period.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from nst_daemon.logs import setup_logging
+    from nst_daemon.runner import EngineRunner
+
+    setup_logging(settings.daemon.log_level)
+    runner = EngineRunner(settings)
+    cancel = threading.Event()
+    work: queue.Queue[tuple[Any, ...]] = queue.Queue()
+
+    def read_commands() -> None:
+        # Its own thread, so a cancel arrives while the main thread is inside an engine.
+        while True:
+            try:
+                message = commands.recv()
+            except (EOFError, OSError):  # the parent is gone
+                message = ("stop",)
+            if message[0] == "cancel":
+                cancel.set()
+                continue
+            if message[0] == "stop":
+                cancel.set()
+            work.put(message)
+            if message[0] == "stop":
+                return
+
+    threading.Thread(target=read_commands, name="commands", daemon=True).start()
+    while True:
+        kind, *payload = work.get()
+        try:
+            if kind == "stop":
+                return
+            if kind == "unload_idle":
+                events.send(("unloaded", runner.unload_idle(payload[0]), runner.loaded))
+            elif kind == "run":
+                cancel.clear()
+                _run(runner, payload, cancel, events)
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the parent is gone
+
+
+def _run(runner: Any, payload: list[Any], cancel: threading.Event, events: Connection) -> None:
+    job, content, styles = payload
+    try:
+        result = runner.run(job, content, styles, lambda part: events.send(("progress", part)), cancel)
+    except (BrokenPipeError, EOFError):
+        raise
+    except Cancelled as exc:
+        events.send(("error", "cancelled", exc.message, None, traceback.format_exc()))
+    except NstdError as exc:
+        events.send(("error", "nstd", exc.message, None, traceback.format_exc()))
+    except Exception as exc:  # the parent logs it, with this traceback chained
+        events.send(("error", "bug", f"{type(exc).__name__}: {exc}", _portable(exc), traceback.format_exc()))
+    else:
+        events.send(("result", result))
+
+
+def _portable(exc: Exception) -> Exception | None:
+    """`exc` if it survives pickling with its message intact (most built-in errors do), else None."""
+    try:
+        copy = pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return None
+    return copy if type(copy) is type(exc) and str(copy) == str(exc) else None

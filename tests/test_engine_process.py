@@ -1,0 +1,186 @@
+"""The engines in a child process: same results as in the daemon's process, errors that keep their
+message, cancel, a killed child failing one job only, and the child going away when idle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import wait_until
+from PIL import Image
+
+from nst_daemon.config import Settings
+from nst_daemon.engine_process import EngineProcessDied, ProcessRunner, RemoteTraceback, _portable, _rebuild
+from nst_daemon.errors import Cancelled, NstdError
+from nst_daemon.jobs import Job
+from nst_daemon.runner import EngineRunner
+
+
+def make_job(engine: str = "cyclegan", styles: list[str] | None = None, job_id: int = 1) -> Job:
+    return Job(
+        id=job_id,
+        source="cli",
+        owner="test",
+        engine=engine,
+        styles=["monet"] if styles is None else styles,
+        params={},
+        state="running",
+        progress=0.0,
+        attempts=1,
+        error=None,
+        input_keys=[],
+        output_key=None,
+        delivery="pending",
+        delivery_attempts=0,
+        reply={},
+        created_at=time.time(),
+        started_at=time.time(),
+        finished_at=None,
+    )
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (80, 60)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, installed_models_dir: Path) -> Settings:
+    return Settings.model_validate(
+        {
+            "paths": {"state_dir": str(tmp_path / "state"), "models_dir": str(installed_models_dir)},
+            "nst": {"preset": "fast", "max_side": 128},
+            "cyclegan": {"max_side": 64},
+        }
+    )
+
+
+@pytest.fixture
+def runner(settings: Settings) -> Any:
+    runner = ProcessRunner(settings)
+    yield runner
+    runner.close()
+
+
+def test_a_job_runs_in_the_child_with_the_in_process_result(
+    runner: ProcessRunner, settings: Settings
+) -> None:
+    fractions: list[float] = []
+    content = photo()
+    result = runner.run(make_job(), content, [], fractions.append, threading.Event())
+    child = runner.pid
+    assert child is not None and child != os.getpid()
+    here = EngineRunner(settings).run(make_job(), content, [], lambda fraction: None, threading.Event())
+    assert result.image.size == here.image.size == (64, 48)
+    assert np.array_equal(np.asarray(result.image), np.asarray(here.image))
+    assert result.report["model"] == "style_monet" and result.report["device"] == here.report["device"]
+    assert fractions and fractions[-1] == 1.0
+    # The child stays for the next job: the model is loaded once.
+    runner.run(make_job(job_id=2), content, [], fractions.append, threading.Event())
+    assert runner.pid == child
+
+
+def test_errors_keep_their_message_and_the_child_goes_on(runner: ProcessRunner) -> None:
+    with pytest.raises(NstdError, match=r"unknown style 'pointillism'; choose one of: .*monet") as caught:
+        runner.run(make_job(styles=["pointillism"]), photo(), [], lambda f: None, threading.Event())
+    assert isinstance(caught.value.__cause__, RemoteTraceback)
+    assert "UnknownStyle" in str(caught.value.__cause__)
+    child = runner.pid
+    result = runner.run(make_job(job_id=2), photo(), [], lambda f: None, threading.Event())
+    assert result.image.size == (64, 48) and runner.pid == child
+
+
+def test_a_missing_model_is_the_pull_hint(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    settings = Settings.model_validate(
+        {"paths": {"state_dir": str(tmp_path / "state"), "models_dir": str(tmp_path / "models")}}
+    )
+    runner = ProcessRunner(settings)
+    try:
+        with pytest.raises(NstdError) as caught:
+            runner.run(make_job(), photo(), [], lambda f: None, threading.Event())
+        hint = "model style_monet is not installed: run `nstd models pull style_monet`"
+        assert caught.value.message == hint
+    finally:
+        runner.close()
+
+
+def test_cancel_reaches_an_nst_job_in_the_child(runner: ProcessRunner) -> None:
+    cancel = threading.Event()
+    progressed = threading.Event()
+
+    def progress(fraction: float) -> None:
+        progressed.set()
+
+    def cancel_after_progress() -> None:
+        progressed.wait(120)
+        cancel.set()
+
+    threading.Thread(target=cancel_after_progress, daemon=True).start()
+    job = make_job(engine="nst", styles=[])
+    with pytest.raises(Cancelled):
+        runner.run(job, photo(size=(128, 96)), [photo(1, (64, 64))], progress, cancel)
+    assert progressed.is_set()
+    assert runner.pid is not None, "a cancelled job leaves the child running for the next one"
+
+
+def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(runner: ProcessRunner) -> None:
+    runner.run(make_job(), photo(), [], lambda f: None, threading.Event())
+    first = runner.pid
+    assert first is not None
+    progressed = threading.Event()
+
+    def kill_after_progress() -> None:
+        progressed.wait(120)
+        os.kill(first, signal.SIGKILL)
+
+    threading.Thread(target=kill_after_progress, daemon=True).start()
+    job, cancel = make_job(engine="nst", styles=[], job_id=2), threading.Event()
+    with pytest.raises(EngineProcessDied, match=r"was killed by SIGKILL \(out of memory\?\); the next job"):
+        runner.run(job, photo(size=(128, 96)), [photo(1, (64, 64))], lambda f: progressed.set(), cancel)
+    assert runner.pid is None
+    result = runner.run(make_job(job_id=3), photo(), [], lambda f: None, threading.Event())
+    assert result.image.size == (64, 48)
+    assert runner.pid not in (None, first)
+
+
+def test_idle_unload_ends_the_child_and_the_next_job_starts_one(runner: ProcessRunner) -> None:
+    assert runner.unload_idle(0.0) == [], "no child yet: nothing to unload"
+    runner.run(make_job(), photo(), [], lambda f: None, threading.Event())
+    child = runner.pid
+    assert runner.unload_idle(3600.0) == [] and runner.pid == child, "recently used: stays loaded"
+    assert runner.unload_idle(0.0) == ["style_monet"]
+    assert runner.pid is None
+    wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, message="the child process to exit")
+    runner.run(make_job(job_id=2), photo(), [], lambda f: None, threading.Event())
+    assert runner.pid not in (None, child)
+
+
+def test_close_stops_the_child(runner: ProcessRunner) -> None:
+    runner.run(make_job(), photo(), [], lambda f: None, threading.Event())
+    child = runner.pid
+    runner.close()
+    assert runner.pid is None
+    wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, message="the child process to exit")
+
+
+def test_remote_errors_are_rebuilt_for_the_queue() -> None:
+    cancelled = _rebuild("cancelled", "cancelled", None, "Traceback ...")
+    assert type(cancelled) is Cancelled and str(cancelled.__cause__) == "\nTraceback ..."
+    assert type(_rebuild("nstd", "this image is damaged", None, "")) is NstdError
+    bug = _rebuild("bug", "ValueError: bad shape", _portable(ValueError("bad shape")), "")
+    assert type(bug) is ValueError and str(bug) == "bad shape"
+
+    class Unpicklable(Exception):
+        def __init__(self, a: str, b: str) -> None:
+            super().__init__(f"{a} and {b}")
+
+    assert _portable(Unpicklable("x", "y")) is None
+    fallback = _rebuild("bug", "Unpicklable: x and y", None, "")
+    assert type(fallback) is RuntimeError and str(fallback) == "Unpicklable: x and y"
