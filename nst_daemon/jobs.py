@@ -162,8 +162,17 @@ class JobRequest:
 
 @dataclass
 class RunResult:
-    image: Image.Image
+    """An engine's output: the image, or (from the engine process) the image already encoded as JPEG."""
+
+    image: Image.Image | None
     report: dict[str, Any]
+    jpeg: bytes | None = None
+
+    def encoded(self) -> bytes:
+        if self.jpeg is not None:
+            return self.jpeg
+        assert self.image is not None
+        return imaging.encode_image(self.image, "jpeg")
 
 
 ProgressFn = Callable[[float], None]
@@ -464,7 +473,7 @@ class JobQueue:
             return
         seconds = time.monotonic() - started
         output_key = f"{job.prefix}result.jpg"
-        data = await asyncio.to_thread(imaging.encode_image, result.image, "jpeg")
+        data = result.jpeg if result.jpeg is not None else await asyncio.to_thread(result.encoded)
         await asyncio.to_thread(
             self.store.put_object, Bucket=self.bucket, Key=output_key, Body=data, ContentType="image/jpeg"
         )

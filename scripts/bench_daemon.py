@@ -101,22 +101,50 @@ def settings_dict(root: Path, models: Path, server: Any | None, users: list[int]
 
 
 class NoOpRunner:
-    """An engine that returns the content image at once, timing itself so its share can be subtracted."""
+    """An engine that returns the content image at once, timing itself so its share can be subtracted.
+
+    It runs wherever the benchmark puts it: in this process, or in the daemon's engine process (built
+    there by `noop_runner`), so its time travels in the report."""
 
     def __init__(self) -> None:
-        self.seconds: dict[int, float] = {}
+        self.loaded: list[str] = []
 
     def run(self, job: Any, content: Any, styles: Any, progress: Callable[[float], None], cancel: Any) -> Any:
         from nst_daemon.jobs import RunResult
 
         started = time.perf_counter()
         progress(1.0)
-        result = RunResult(content, {"device": "none", "model": "no-op"})
-        self.seconds[job.id] = time.perf_counter() - started
-        return result
+        return RunResult(
+            content, {"device": "none", "model": "no-op", "noop_s": time.perf_counter() - started}
+        )
 
     def unload_idle(self, idle_s: float) -> list[str]:
         return []
+
+
+def noop_runner(settings: Any) -> NoOpRunner:
+    return NoOpRunner()
+
+
+class EngineSeconds:
+    """Records each job's no-op time from its report, whichever process ran it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seconds: dict[int, float] = {}
+
+    def run(self, job: Any, content: Any, styles: Any, progress: Callable[[float], None], cancel: Any) -> Any:
+        result = self.inner.run(job, content, styles, progress, cancel)
+        self.seconds[job.id] = result.report["noop_s"]
+        return result
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        return self.inner.unload_idle(idle_s)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 # --- 1. throughput and latency through the bot --------------------------------------------------------------
@@ -268,8 +296,10 @@ async def settle(server: Any, quiet_s: float = 3.5, limit_s: float = 60) -> None
 
 
 async def bench_bot(
-    photo_sizes: list[tuple[int, int]], jobs: int, users: int, burst: int, where: str
+    photo_sizes: list[tuple[int, int]], jobs: int, users: int, burst: int, where: str, engines: str = "daemon"
 ) -> list[dict[str, Any]]:
+    """`engines`: where the no-op engine runs, "engine process" (as the daemon runs engines: the photo's
+    pixels go there and the JPEG comes back through pipes) or "daemon" (the queue's worker thread)."""
     from nst_daemon.config import Settings
     from nst_daemon.daemon import Daemon
 
@@ -278,10 +308,14 @@ async def bench_bot(
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp, fake_server(where) as server:
         root = Path(tmp)
         (root / "models").mkdir()
-        runner = NoOpRunner()
-        daemon = Daemon(
-            Settings.model_validate(settings_dict(root, root / "models", server, ids)), runner=runner
-        )
+        settings = Settings.model_validate(settings_dict(root, root / "models", server, ids))
+        if engines == "engine process":
+            from nst_daemon.engine_process import ProcessRunner
+
+            runner = EngineSeconds(ProcessRunner(settings, make_runner=noop_runner))
+        else:
+            runner = EngineSeconds(NoOpRunner())
+        daemon = Daemon(settings, runner=runner)
         await daemon.start()
         try:
             for size in photo_sizes:
@@ -341,6 +375,7 @@ async def bench_bot(
                     "photo": list(size),
                     "photo_bytes": len(photo),
                     "fake_server": where,
+                    "engines": engines,
                     "jobs": jobs,
                     "latency_median_s": bc.median(latencies),
                     "latency_p90_s": bc.percentile(latencies, 90),
@@ -372,7 +407,8 @@ async def bench_bot(
                 }
                 results.append(row)
                 bc.log(
-                    f"{size[0]}x{size[1]}, fake server in {where}: added latency median "
+                    f"{size[0]}x{size[1]}, fake server in {where}, engines in {engines}: added latency "
+                    "median "
                     f"{row['added_latency_median_s'] * 1000:.1f} ms, "
                     f"{row['jobs_per_s']:.1f} jobs/s"
                 )
@@ -676,6 +712,13 @@ def main(argv: list[str] | None = None) -> int:
         help="where the fake Bot API runs for part 1: a child process (as Telegram is elsewhere), a thread "
         "of this process (its CPU and GIL time count: an upper bound), or both (default)",
     )
+    parser.add_argument(
+        "--engines",
+        choices=("engine process", "daemon", "both"),
+        default="both",
+        help="where part 1's no-op engine runs: the engine process, as the daemon runs engines (the "
+        "target's measure), the daemon's own worker thread (as before the engine process), or both",
+    )
     args = parser.parse_args(argv)
     parts = {part.strip() for part in args.parts.split(",")}
 
@@ -740,10 +783,19 @@ def main(argv: list[str] | None = None) -> int:
     if "bot" in parts:
         bc.log("jobs through the bot and the fake Bot API")
         places = ("process", "thread") if args.fake_server == "both" else (args.fake_server,)
+        engine_places = ("engine process", "daemon") if args.engines == "both" else (args.engines,)
+        # With both defaults: the engine process only with the fake server in a child process (the
+        # target's measure); the thread place is the earlier rounds' upper bound.
+        runs = [
+            (where, engines)
+            for where in places
+            for engines in engine_places
+            if where == "process" or engines == "daemon" or args.engines != "both"
+        ]
         payload["bot"] = [
             row
-            for where in places
-            for row in asyncio.run(bench_bot(photo_sizes, jobs, args.users, burst, where))
+            for where, engines in runs
+            for row in asyncio.run(bench_bot(photo_sizes, jobs, args.users, burst, where, engines))
         ]
         bc.write_json(args.json, payload)
     if "lag" in parts:
@@ -763,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "photo",
                     "fake server's process",
+                    "engines in",
                     "jobs/s",
                     "burst failed",
                     "latency median ms",
@@ -778,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
                     [
                         f"{r['photo'][0]}x{r['photo'][1]}",
                         "child" if r["fake_server"] == "process" else "this one",
+                        r["engines"],
                         r["jobs_per_s"],
                         f"{r['burst_failed']} of {r['burst_jobs']}",
                         r["latency_median_s"] * 1000,
@@ -850,6 +904,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def bot_row_label(row: dict[str, Any]) -> str:
+    if row["fake_server"] == "thread":
+        return "upper bound (fake server in this process)"
+    if row["engines"] == "engine process":
+        return "as the daemon runs (engine process)"
+    return "engines in the daemon's process (before)"
+
+
 def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for r in payload.get("bot", []):
@@ -857,7 +919,7 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "label": f"added latency per job, {r['photo'][0]}x{r['photo'][1]} photo, median (ms), "
-                + ("fake server in a child process" if r["fake_server"] == "process" else "upper bound"),
+                + bot_row_label(r),
                 "value": value,
                 "limit_text": "≤ 50",
                 "verdict": bc.verdict(value, 50),

@@ -97,7 +97,12 @@ def test_bench_daemon_smoke(tmp_path: Path) -> None:
     payload, stdout = run_smoke("daemon", tmp_path)
     assert "Event-loop lag" in stdout
     # Both places for the fake Bot API: a child process (the target's measure) and a thread of this one.
-    assert [bot["fake_server"] for bot in payload["bot"]] == ["process", "thread"]
+    # ... and the no-op engine in the engine process (as the daemon runs engines) or the daemon's own.
+    assert [(bot["fake_server"], bot["engines"]) for bot in payload["bot"]] == [
+        ("process", "engine process"),
+        ("process", "daemon"),
+        ("thread", "daemon"),
+    ]
     for bot in payload["bot"]:
         assert positive(bot["jobs_per_s"]) and positive(bot["latency_median_s"])
         assert bot["median_job_calls_ms"][-1][0] in ("sendPhoto", "sendDocument")

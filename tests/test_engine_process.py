@@ -3,6 +3,7 @@ message, cancel, a killed child failing one job only, and the child going away w
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -77,8 +78,9 @@ def test_a_job_runs_in_the_child_with_the_in_process_result(
     child = runner.pid
     assert child is not None and child != os.getpid()
     here = EngineRunner(settings).run(make_job(), content, [], lambda fraction: None, threading.Event())
-    assert result.image.size == here.image.size == (64, 48)
-    assert np.array_equal(np.asarray(result.image), np.asarray(here.image))
+    # The child sends the result encoded: the same JPEG as the same pixels encoded here.
+    assert result.image is None and result.jpeg == here.encoded()
+    assert Image.open(io.BytesIO(result.jpeg)).size == (64, 48)
     assert result.report["model"] == "style_monet" and result.report["device"] == here.report["device"]
     assert fractions and fractions[-1] == 1.0
     # The child stays for the next job: the model is loaded once.
@@ -93,7 +95,7 @@ def test_errors_keep_their_message_and_the_child_goes_on(runner: ProcessRunner) 
     assert "UnknownStyle" in str(caught.value.__cause__)
     child = runner.pid
     result = runner.run(make_job(job_id=2), photo(), [], lambda f: None, threading.Event())
-    assert result.image.size == (64, 48) and runner.pid == child
+    assert result.jpeg and runner.pid == child
 
 
 def test_a_missing_model_is_the_pull_hint(tmp_path: Path) -> None:
@@ -146,7 +148,7 @@ def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(runner: Pr
         runner.run(job, photo(size=(128, 96)), [photo(1, (64, 64))], lambda f: progressed.set(), cancel)
     assert runner.pid is None
     result = runner.run(make_job(job_id=3), photo(), [], lambda f: None, threading.Event())
-    assert result.image.size == (64, 48)
+    assert result.jpeg
     assert runner.pid not in (None, first)
 
 
@@ -184,3 +186,17 @@ def test_remote_errors_are_rebuilt_for_the_queue() -> None:
     assert _portable(Unpicklable("x", "y")) is None
     fallback = _rebuild("bug", "Unpicklable: x and y", None, "")
     assert type(fallback) is RuntimeError and str(fallback) == "Unpicklable: x and y"
+
+
+def test_a_job_left_midway_takes_the_child_with_it(runner: ProcessRunner) -> None:
+    """Should the caller leave a job early (here its progress callback fails), the child's later messages
+    would belong to that job: the child goes, and the next job gets a new one and its own result."""
+
+    def failing_progress(fraction: float) -> None:
+        raise RuntimeError("the loop is closed")
+
+    with pytest.raises(RuntimeError, match="the loop is closed"):
+        runner.run(make_job(), photo(), [], failing_progress, threading.Event())
+    assert runner.pid is None
+    result = runner.run(make_job(job_id=2), photo(seed=5), [], lambda f: None, threading.Event())
+    assert result.report["model"] == "style_monet" and result.jpeg
