@@ -431,24 +431,21 @@ def test_retention_sweep_removes_rows_and_objects(tmp_path: Path) -> None:
 
 
 def test_event_loop_stays_responsive_during_nst(tmp_path: Path, installed_models_dir: Path) -> None:
-    """A loop-lag probe ticks every 10 ms while a real NST job computes in the worker thread.
-
-    The probe counts from the first progress report: the first model load in a process imports the rest
-    of torch (torch._dynamo, on the first optimizer), which holds the GIL in C for up to ~150 ms at a time
-    once per process; that one-time cost is recorded in docs/benchmarks.md rather than hidden here.
-    """
-    from nst_daemon.runner import EngineRunner
+    """A loop-lag probe ticks every 10 ms while a real NST job runs, as the daemon runs it: in the engine
+    process. The probe counts from the moment the job is running, so it covers the child's start, its
+    torch import (in the daemon's own process that held the GIL for up to 0.45 s in one stretch) and the
+    model load."""
+    from nst_daemon.engine_process import ProcessRunner
 
     settings = make_settings(
         tmp_path,
         paths={"state_dir": str(tmp_path / "s"), "models_dir": str(installed_models_dir)},
         nst={"preset": "fast", "max_side": 96},
     )
+    runner = ProcessRunner(settings)
 
     async def scenario() -> tuple[float, int]:
-        queue = JobQueue(
-            database.connect(settings.db_path), open_store(settings), "nstd", settings, EngineRunner(settings)
-        )
+        queue = JobQueue(database.connect(settings.db_path), open_store(settings), "nstd", settings, runner)
         job = await queue.submit(
             JobRequest(
                 source="cli",
@@ -463,7 +460,7 @@ def test_event_loop_stays_responsive_during_nst(tmp_path: Path, installed_models
         while (current := queue.get(job.id)).state in ("queued", "running"):
             before = time.perf_counter()
             await asyncio.sleep(0.01)
-            if current.state == "running" and current.progress > 0:
+            if current.state == "running":
                 worst = max(worst, time.perf_counter() - before - 0.01)
                 ticks += 1
         assert queue.get(job.id).state == "done", queue.get(job.id)
@@ -471,6 +468,9 @@ def test_event_loop_stays_responsive_during_nst(tmp_path: Path, installed_models
         worker.cancel()
         return worst, ticks
 
-    worst, ticks = asyncio.run(scenario())
+    try:
+        worst, ticks = asyncio.run(scenario())
+    finally:
+        runner.close()
     assert ticks > 20, "the probe must run while the job computes"
     assert worst < 0.100, f"event loop stalled for {worst * 1000:.0f} ms"
