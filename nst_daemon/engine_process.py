@@ -199,12 +199,11 @@ class ProcessRunner:
         process.join(STOP_TIMEOUT_S)
         if process.is_alive():
             log.warning("the engine process did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
-            process.kill()
-            process.join(STOP_TIMEOUT_S)
         log.info("engine process stopped (pid %s)", process.pid)
-        self._discard()
+        self._kill()
 
     def _kill(self) -> None:
+        """Kill the child if it still runs (a no-op for one that has exited) and let go of it."""
         if self._process is not None:
             self._process.kill()
             self._process.join(STOP_TIMEOUT_S)
@@ -300,11 +299,10 @@ def serve(
                     message = (kind, job, images)
             except (EOFError, OSError):  # the parent is gone
                 message = ("stop",)
+            if message[0] in ("cancel", "stop"):
+                cancel.set()
             if message[0] == "cancel":
-                cancel.set()
                 continue
-            if message[0] == "stop":
-                cancel.set()
             work.put(message)
             if message[0] == "stop":
                 return

@@ -473,7 +473,7 @@ class JobQueue:
             return
         seconds = time.monotonic() - started
         output_key = f"{job.prefix}result.jpg"
-        data = result.jpeg if result.jpeg is not None else await asyncio.to_thread(result.encoded)
+        data = await asyncio.to_thread(result.encoded)
         await asyncio.to_thread(
             self.store.put_object, Bucket=self.bucket, Key=output_key, Body=data, ContentType="image/jpeg"
         )

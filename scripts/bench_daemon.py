@@ -104,9 +104,9 @@ class NoOpRunner:
     """An engine that returns the content image at once, timing itself so its share can be subtracted.
 
     It runs wherever the benchmark puts it: in this process, or in the daemon's engine process (built
-    there by `noop_runner`), so its time travels in the report."""
+    there from the settings, as `ProcessRunner` builds runners), so its time travels in the report."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None) -> None:
         self.loaded: list[str] = []
 
     def run(self, job: Any, content: Any, styles: Any, progress: Callable[[float], None], cancel: Any) -> Any:
@@ -120,10 +120,6 @@ class NoOpRunner:
 
     def unload_idle(self, idle_s: float) -> list[str]:
         return []
-
-
-def noop_runner(settings: Any) -> NoOpRunner:
-    return NoOpRunner()
 
 
 class EngineSeconds:
@@ -312,7 +308,7 @@ async def bench_bot(
         if engines == "engine process":
             from nst_daemon.engine_process import ProcessRunner
 
-            runner = EngineSeconds(ProcessRunner(settings, make_runner=noop_runner))
+            runner = EngineSeconds(ProcessRunner(settings, make_runner=NoOpRunner))
         else:
             runner = EngineSeconds(NoOpRunner())
         daemon = Daemon(settings, runner=runner)
