@@ -82,6 +82,11 @@ class ImagesSettings(_Section):
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
 
+    @property
+    def limits(self) -> dict[str, int]:
+        """The keyword arguments of `imaging.load_image` that enforce these limits."""
+        return {"max_pixels": self.max_pixels, "max_bytes": self.max_bytes}
+
 
 class NstSettings(_Section):
     preset: Preset = "balanced"

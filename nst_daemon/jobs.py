@@ -8,7 +8,6 @@ original order without any in-memory state to rebuild. Engines run in a worker t
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import inspect
 import json
@@ -41,7 +40,9 @@ PROGRESS_INTERVAL_S = 0.5
 REDELIVERY_DELAYS_S = (5, 15, 60, 300)
 MAX_DELIVERY_ATTEMPTS = 100
 DELIVERY_GRACE_S = 5.0
-DECODED_KEPT = 2  # jobs whose intake decode the worker may reuse
+# The intake check decodes JPEGs at this fraction of their size: it refuses what a full decode refuses
+# in half the time, and a huge upload never takes its full size in the daemon's memory.
+INTAKE_SCALE_DOWN = 8
 
 
 class QueueFull(NstdError):
@@ -179,13 +180,17 @@ ProgressFn = Callable[[float], None]
 
 
 class Runner(Protocol):
-    """Runs one job's engine. Called in a worker thread; must honour `cancel` and report progress."""
+    """Runs one job's engine. Called in a worker thread; must honour `cancel` and report progress.
+
+    The images come as stored (JPEG bytes, checked at intake): the runner decodes them where it runs,
+    which for the daemon is its engine process.
+    """
 
     def run(
         self,
         job: Job,
-        content: Image.Image,
-        styles: list[Image.Image],
+        content: bytes,
+        styles: list[bytes],
         progress: ProgressFn,
         cancel: threading.Event,
     ) -> RunResult: ...
@@ -220,7 +225,6 @@ class JobQueue:
         self._worker_idle.set()
         self._background: set[asyncio.Future[None]] = set()
         self._delivering: set[int] = set()
-        self._decoded: collections.OrderedDict[int, list[Image.Image]] = collections.OrderedDict()
 
     # --- reading ---
 
@@ -273,9 +277,8 @@ class JobQueue:
         if request.engine == "nst" and not request.style_images:
             raise NstdError("multi-style NST needs at least one style image")
         self._check_capacity(request.owner)
-        decoded, stored = await asyncio.to_thread(self._normalize_inputs, request)
+        stored = await asyncio.to_thread(self._normalize_inputs, request)
         job = await asyncio.to_thread(self._insert, request, stored)
-        self._keep_decoded(job.id, decoded)
         log.info(
             "job %s queued: %s %s from %s %s", job.id, job.engine, job.style_label, job.source, job.owner
         )
@@ -290,30 +293,21 @@ class JobQueue:
         if count_active(conn, owner) >= self.settings.queue.per_user:
             raise UserBusy(self.settings.queue.per_user)
 
-    def _normalize_inputs(self, request: JobRequest) -> tuple[list[Image.Image], list[bytes]]:
+    def _normalize_inputs(self, request: JobRequest) -> list[bytes]:
         """Decode every image now, so bad input is refused before a job exists; return what to store.
 
         A JPEG that decodes is stored as it came: re-encoding it would cost time and quality, and the
-        worker's decode applies its orientation and colour profile anyway. Other formats become JPEGs.
+        runner's decode applies its orientation and colour profile anyway. It is checked at a reduced
+        scale (`INTAKE_SCALE_DOWN`). Other formats are decoded in full and become JPEGs.
         """
-        limits = {"max_pixels": self.settings.images.max_pixels, "max_bytes": self.settings.images.max_bytes}
-        decoded, stored = [], []
+        limits = self.settings.images.limits
+        stored = []
         for index, data in enumerate([request.content, *request.style_images]):
-            try:
-                image = imaging.load_image(data, **limits)
-            except imaging.ImageError as exc:
-                what = "the content image" if index == 0 else f"style image {index}"
-                raise type(exc)(f"{what}: {exc}") from None
-            decoded.append(image)
-            stored.append(data if imaging.is_jpeg(data) else imaging.encode_image(image, "jpeg"))
-        return decoded, stored
-
-    def _keep_decoded(self, job_id: int, images: list[Image.Image]) -> None:
-        # The worker would decode the same bytes again (11 ms for a 1280×960 photo). Only the newest few
-        # are kept, to bound memory; a job whose images are gone (or a restart) decodes from the store.
-        self._decoded[job_id] = images
-        while len(self._decoded) > DECODED_KEPT:
-            self._decoded.popitem(last=False)
+            jpeg = imaging.is_jpeg(data)
+            scale_down = INTAKE_SCALE_DOWN if jpeg else 1
+            image = imaging.load_job_image(data, index, **limits, scale_down=scale_down)
+            stored.append(data if jpeg else imaging.encode_image(image, "jpeg"))
+        return stored
 
     def _insert(self, request: JobRequest, images: list[bytes]) -> Job:
         # Runs in a worker thread, so it writes through a connection of its own: on the shared one, a
@@ -447,12 +441,7 @@ class JobQueue:
             loop.call_soon_threadsafe(self._schedule_progress, job.id, fraction)
 
         try:
-            kept = self._decoded.pop(job.id, None)
-            if kept:
-                content, styles = kept[0], kept[1:]
-            else:
-                content, styles = await asyncio.to_thread(self._load_inputs, job)
-            result = await asyncio.to_thread(self.runner.run, job, content, styles, progress, cancel)
+            result = await asyncio.to_thread(self._read_and_run, job, progress, cancel)
         except Cancelled:
             if self._stopping:
                 # Shut down mid-job: leave it queued so the next start runs it again.
@@ -501,9 +490,10 @@ class JobQueue:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _load_inputs(self, job: Job) -> tuple[Image.Image, list[Image.Image]]:
-        images = [imaging.load_image(self._get_bytes(key)) for key in job.input_keys]
-        return images[0], images[1:]
+    def _read_and_run(self, job: Job, progress: ProgressFn, cancel: threading.Event) -> RunResult:
+        # One trip to a worker thread for both: each trip waits for the loop's thread to let go of the GIL.
+        content, *styles = [self._get_bytes(key) for key in job.input_keys]
+        return self.runner.run(job, content, styles, progress, cancel)
 
     def _get_bytes(self, key: str) -> bytes:
         return get_bytes(self.store, self.bucket, key)

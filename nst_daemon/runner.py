@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.engines import STYLE_MODELS
 from nst_daemon.errors import UnknownStyle
@@ -21,6 +22,13 @@ from nst_daemon.jobs import Job, ProgressFn, RunResult
 from nst_daemon.manifest import runnable_path
 
 log = logging.getLogger(__name__)
+
+
+def decode_inputs(images: list[bytes], settings: Settings) -> list[Image.Image]:
+    """A job's stored images, decoded in full. The queue checked them at intake; an error here (the
+    limits were lowered since, or memory ran out) still names the image at fault."""
+    limits = settings.images.limits
+    return [imaging.load_job_image(data, index, **limits) for index, data in enumerate(images)]
 
 
 class EngineRunner:
@@ -60,14 +68,15 @@ class EngineRunner:
     def run(
         self,
         job: Job,
-        content: Image.Image,
-        styles: list[Image.Image],
+        content: bytes,
+        styles: list[bytes],
         progress: ProgressFn,
         cancel: threading.Event,
     ) -> RunResult:
+        content_image, *style_images = decode_inputs([content, *styles], self.settings)
         if job.engine == "cyclegan":
-            return self._run_cyclegan(job, content, progress, cancel)
-        return self._run_nst(job, content, styles, progress, cancel)
+            return self._run_cyclegan(job, content_image, progress, cancel)
+        return self._run_nst(job, content_image, style_images, progress, cancel)
 
     def _run_cyclegan(
         self, job: Job, content: Image.Image, progress: ProgressFn, cancel: threading.Event

@@ -41,7 +41,7 @@ def run(
     output_format = imaging.format_for_path(output)
     _check_output_dir(output)
     models_dir = settings.paths.models_dir
-    limits = {"max_pixels": settings.images.max_pixels, "max_bytes": settings.images.max_bytes}
+    limits = settings.images.limits
 
     started = time.perf_counter()
     if style is not None:

@@ -23,7 +23,7 @@ from fake_telegram import DEFAULT_TOKEN, Call, FakeTelegram
 from PIL import Image
 
 from nst_daemon import db as database
-from nst_daemon import jobs
+from nst_daemon import imaging, jobs
 from nst_daemon.bot import BotService, status_messages
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, ModelNotInstalled, NstdError
@@ -85,8 +85,8 @@ class FakeRunner:
     def run(
         self,
         job: Job,
-        content: Image.Image,
-        styles: list[Image.Image],
+        content: bytes,
+        styles: list[bytes],
         progress: Callable[[float], None],
         cancel: threading.Event,
     ) -> RunResult:
@@ -103,7 +103,8 @@ class FakeRunner:
                 raise Cancelled()
             time.sleep(seconds / steps)
             progress((step + 1) / steps)
-        image = Image.new("RGB", self.shapes.get(style, content.size), (10, 200, 10))
+        size = self.shapes.get(style) or imaging.load_image(content).size
+        image = Image.new("RGB", size, (10, 200, 10))
         return RunResult(image=image, report={"device": "cpu"})
 
     def unload_idle(self, idle_s: float) -> list[str]:

@@ -16,11 +16,12 @@ import pytest
 from conftest import wait_until
 from PIL import Image
 
-from nst_daemon.config import Settings
+from nst_daemon import imaging
+from nst_daemon.config import ImagesSettings, Settings
 from nst_daemon.engine_process import EngineProcessDied, ProcessRunner, RemoteTraceback, _portable, _rebuild
 from nst_daemon.errors import Cancelled, NstdError
 from nst_daemon.jobs import Job
-from nst_daemon.runner import EngineRunner
+from nst_daemon.runner import EngineRunner, decode_inputs
 
 
 def make_job(engine: str = "cyclegan", styles: list[str] | None = None, job_id: int = 1) -> Job:
@@ -46,9 +47,10 @@ def make_job(engine: str = "cyclegan", styles: list[str] | None = None, job_id: 
     )
 
 
-def photo(seed: int = 0, size: tuple[int, int] = (80, 60)) -> Image.Image:
+def photo(seed: int = 0, size: tuple[int, int] = (80, 60)) -> bytes:
+    """A stored input, as the queue hands it to a runner."""
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels, "RGB")
+    return imaging.encode_image(Image.fromarray(pixels, "RGB"), "jpeg")
 
 
 @pytest.fixture
@@ -96,6 +98,19 @@ def test_errors_keep_their_message_and_the_child_goes_on(runner: ProcessRunner) 
     child = runner.pid
     result = runner.run(make_job(job_id=2), photo(), [], lambda f: None, threading.Event())
     assert result.jpeg and runner.pid == child
+    # The images are decoded in the child: one that will not decode fails its job, and names itself.
+    cut = photo(size=(256, 192))[:600]
+    with pytest.raises(NstdError, match=r"^style image 1: this image is damaged or incomplete$"):
+        runner.run(make_job(job_id=3), photo(), [cut], lambda f: None, threading.Event())
+    assert runner.pid == child
+
+
+def test_the_runner_decodes_within_the_configured_limits(settings: Settings) -> None:
+    big = photo(size=(300, 200))
+    assert [image.size for image in decode_inputs([big, photo()], settings)] == [(300, 200), (80, 60)]
+    small = settings.model_copy(update={"images": ImagesSettings(max_pixels=300 * 200 - 1)})
+    with pytest.raises(imaging.ImageTooLarge, match=r"^the content image: image is 300×200"):
+        decode_inputs([big], small)
 
 
 def test_a_missing_model_is_the_pull_hint(tmp_path: Path) -> None:

@@ -82,10 +82,12 @@ def test_every_corpus_entry_has_an_expectation() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Truncated File Read")
+@pytest.mark.parametrize("scale_down", [1, 8])
 @pytest.mark.parametrize("name", sorted(EXPECTED_REFUSALS))
-def test_bad_input_is_a_typed_refusal(name: str) -> None:
+def test_bad_input_is_a_typed_refusal(name: str, scale_down: int) -> None:
+    # scale_down=8 is the queue's intake check: it must refuse everything the full decode refuses.
     with pytest.raises(ImageError) as caught:
-        load_image(BAD_INPUTS[name])
+        load_image(BAD_INPUTS[name], scale_down=scale_down)
     assert type(caught.value) is EXPECTED_REFUSALS[name], str(caught.value)
     message = str(caught.value)
     assert message and len(message) < 120 and "\n" not in message
@@ -286,6 +288,23 @@ def test_exif_orientation(orientation: int) -> None:
     }
     for name, (x, y) in corners.items():
         assert_close(pixel(image, x, y), corpus.RED if name == corner else corpus.BLUE, 12)
+
+
+def test_scaled_down_decode_is_smaller_and_still_oriented() -> None:
+    image = load_image(corpus.exif_rotated_jpeg(6, (480, 240)), scale_down=8)
+    assert image.size == (30, 60)  # 1/8 of 240×480 after the rotation
+    assert_clean_rgb(image)
+    # Formats without DCT scaling decode in full.
+    assert load_image(corpus.encode(corpus.solid((48, 32)), "PNG"), scale_down=8).size == (48, 32)
+
+
+@pytest.mark.filterwarnings("ignore:Truncated File Read")
+def test_scaled_down_decode_refuses_a_cut_progressive_jpeg() -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    data = corpus.encode(Image.fromarray(pixels, "RGB"), "JPEG", quality=90, progressive=True)
+    assert load_image(data, scale_down=8).size == (80, 60)
+    with pytest.raises(UnsupportedImage):
+        load_image(data[: len(data) * 3 // 4], scale_down=8)
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import image_corpus
 import pytest
 from PIL import Image
 
@@ -36,8 +37,8 @@ class FakeRunner:
     def run(
         self,
         job: Job,
-        content: Image.Image,
-        styles: list[Image.Image],
+        content: bytes,
+        styles: list[bytes],
         progress: Any,
         cancel: threading.Event,
     ) -> RunResult:
@@ -50,7 +51,8 @@ class FakeRunner:
             progress((step + 1) / self.steps)
         if self.error is not None:
             raise self.error
-        return RunResult(content.transpose(Image.Transpose.FLIP_LEFT_RIGHT), {"device": "fake"})
+        flipped = imaging.load_image(content).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return RunResult(flipped, {"device": "fake"})
 
     def unload_idle(self, idle_s: float) -> list[str]:
         self.unloaded += 1
@@ -156,23 +158,35 @@ def test_jpeg_inputs_are_stored_as_sent_and_other_formats_as_jpeg(tmp_path: Path
     asyncio.run(scenario())
 
 
-def test_worker_reuses_recent_intake_decodes_and_reads_older_inputs_from_the_store(tmp_path: Path) -> None:
+def test_intake_checks_jpegs_scaled_down_and_the_runner_gets_the_stored_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decodes: list[tuple[int, tuple[int, int]]] = []
+    real_load = imaging.load_image
+
+    def recording_load(data: bytes, **options: Any) -> Image.Image:
+        image = real_load(data, **options)
+        decodes.append((options.get("scale_down", 1), image.size))
+        return image
+
+    monkeypatch.setattr(imaging, "load_image", recording_load)
+
+    class RecordingRunner(FakeRunner):
+        def run(self, job: Job, content: bytes, styles: list[bytes], *rest: Any) -> RunResult:
+            self.inputs = [content, *styles]
+            return super().run(job, content, styles, *rest)
+
     async def scenario() -> None:
-        queue = make_queue(tmp_path, FakeRunner())
-        reads: list[str] = []
-        read_from_store = queue._get_bytes
-
-        def counting_read(key: str) -> bytes:
-            reads.append(key)
-            return read_from_store(key)
-
-        queue._get_bytes = counting_read  # type: ignore[method-assign]
-        submitted = [await queue.submit(cyclegan_request(owner)) for owner in ("a", "b", "c")]
-        await run_until_final(queue, submitted[-1].id)
-        assert [queue.get(job.id).state for job in submitted] == ["done"] * 3
-        # Only the newest DECODED_KEPT decodes are kept; the oldest job decodes its stored input.
-        assert jobs.DECODED_KEPT == 2
-        assert reads == [submitted[0].input_keys[0]]
+        runner = RecordingRunner()
+        queue = make_queue(tmp_path, runner)
+        sent = jpeg(size=(640, 480))
+        job = await queue.submit(cyclegan_request(content=sent))
+        # The check that refuses bad input decoded an eighth of each side, not the photo.
+        assert decodes == [(jobs.INTAKE_SCALE_DOWN, (80, 60))]
+        await run_until_final(queue, job.id)
+        assert queue.get(job.id).state == "done"
+        assert runner.inputs == [sent]  # as stored; the runner decodes where it runs
+        assert decodes[1:] == [(1, (640, 480))]  # that decode is the fake runner's
 
     asyncio.run(scenario())
 
@@ -182,6 +196,8 @@ def test_bad_image_is_refused_and_creates_nothing(tmp_path: Path) -> None:
         queue = make_queue(tmp_path, FakeRunner())
         with pytest.raises(imaging.ImageError, match="content image"):
             await queue.submit(cyclegan_request(content=b"this is text, not a picture"))
+        with pytest.raises(imaging.UnsupportedImage, match=r"^the content image: .*damaged or incomplete"):
+            await queue.submit(cyclegan_request(content=image_corpus.truncated_jpeg()))
         assert queue.db["jobs"].count == 0
         assert object_keys(queue, "jobs/") == []
 
