@@ -1,8 +1,9 @@
 """Durable jobs: SQLite rows first, a bounded queue, one model worker, delivery back to each source.
 
 The database is the queue: the worker always takes the oldest queued row, so a restart resumes in the
-original order without any in-memory state to rebuild. Engines run in a worker thread; everything else
-(store writes included) is pushed off the event loop with `asyncio.to_thread`.
+original order without any in-memory state to rebuild. The runner is called from a worker thread (the
+daemon's runner passes the job on to its engine process); everything else (store writes included) is
+pushed off the event loop with `asyncio.to_thread`.
 """
 
 from __future__ import annotations
