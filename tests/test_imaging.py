@@ -327,6 +327,27 @@ def test_cmyk_with_a_broken_profile_falls_back() -> None:
     assert_close(pixel(load_image(data), 8, 8), (0, 255, 255))
 
 
+@pytest.mark.parametrize(
+    "mode, color, icc, expected",
+    [
+        ("CMYK", (255, 0, 0, 0), None, (0, 255, 255)),
+        ("L", 128, None, (128, 128, 128)),
+        ("RGB", (128, 128, 128), "linear", (188, 188, 188)),
+    ],
+)
+def test_scaled_down_decode_keeps_modes_and_profiles(
+    mode: str, color: object, icc: str | None, expected: tuple[int, int, int]
+) -> None:
+    # The intake check takes the same colour path as the full decode, on an eighth of the pixels.
+    options = {"icc_profile": corpus.linear_rgb_profile()} if icc else {}
+    data = corpus.encode(Image.new(mode, (64, 48), color), "JPEG", quality=95, **options)
+    full, small = load_image(data), load_image(data, scale_down=8)
+    assert small.size == (8, 6)
+    assert_clean_rgb(small)
+    assert_close(pixel(small, 4, 3), pixel(full, 32, 24), 2)
+    assert_close(pixel(small, 4, 3), expected, 8)
+
+
 def test_16_bit_png_is_scaled_not_clipped() -> None:
     image = load_image(corpus.png16([0, 32768, 65535, 1000]))
     assert [pixel(image, x, 0)[0] for x in range(4)] == [0, 128, 255, 4]
