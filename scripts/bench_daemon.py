@@ -421,9 +421,9 @@ async def bench_bot(
 
 
 def codec_ms(photo: bytes, repeats: int = 5) -> dict[str, float]:
-    """nstd's own decode and JPEG encode of this photo. A job decodes it once, at intake (the worker reuses
-    that decode while the job is among the newest two), and encodes once (the result); a JPEG upload is
-    stored as sent, without a re-encode."""
+    """nstd's own full decode and JPEG encode of this photo. A job decodes it in full once, where its engine
+    runs (before that, intake checks a JPEG at an eighth of its size), and encodes once (the result); a
+    JPEG upload is stored as sent, without a re-encode."""
     from nst_daemon import imaging
 
     decode, encode = [], []
