@@ -39,12 +39,22 @@ _MB = 1024 * 1024
 
 
 class ImageError(NstdError):
-    """An image that cannot be used; str() is the message for the user."""
+    """An image that cannot be used; str() is the message for the user.
+
+    For an image of a job, `image_index` says which (0 is the content, N is style image N) and `reason`
+    is the message without the prefix naming it, so a caller can point at the image without parsing.
+    """
 
     default_message = "this image cannot be used"
 
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.default_message)
+    def __init__(self, message: str | None = None, *, image_index: int | None = None) -> None:
+        self.reason = message or self.default_message
+        self.image_index = image_index
+        super().__init__(self.reason if image_index is None else f"{_image_name(image_index)}: {self.reason}")
+
+
+def _image_name(index: int) -> str:
+    return "the content image" if index == 0 else f"style image {index}"
 
 
 class NotAnImage(ImageError):
@@ -135,8 +145,7 @@ def load_job_image(data: bytes, index: int, **options: int) -> Image.Image:
     try:
         return load_image(data, **options)
     except ImageError as exc:
-        what = "the content image" if index == 0 else f"style image {index}"
-        raise type(exc)(f"{what}: {exc}") from None
+        raise type(exc)(exc.reason, image_index=index) from None
 
 
 def load_image_file(

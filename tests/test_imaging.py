@@ -27,6 +27,7 @@ from nst_daemon.imaging import (
     format_for_path,
     load_image,
     load_image_file,
+    load_job_image,
     reflect_pad_to_multiple,
     scale_to_area,
 )
@@ -105,13 +106,30 @@ def test_refusal_messages() -> None:
         load_image(BAD_INPUTS["psd magic"])
 
 
-def test_errors_are_user_errors_and_rebuildable_with_a_prefix() -> None:
-    # jobs.py re-raises `type(exc)(f"the content image: {exc}")`: every subclass takes one message.
+def test_errors_are_user_errors_and_can_name_the_image_of_a_job() -> None:
+    # load_job_image re-raises `type(exc)(exc.reason, image_index=index)`: every subclass must take that.
     for cls in (ImageError, NotAnImage, UnsupportedImage, ImageTooLarge, FileTooLarge, UnknownOutputFormat):
         assert issubclass(cls, NstdError)
         assert str(cls()) == cls.default_message
-        assert str(cls(f"the content image: {cls()}")).startswith("the content image: ")
+        assert (cls().reason, cls().image_index) == (cls.default_message, None)
+        named = cls(cls.default_message, image_index=2)
+        assert (str(named), named.reason, named.image_index) == (
+            f"style image 2: {cls.default_message}",
+            cls.default_message,
+            2,
+        )
     assert issubclass(UnknownOutputFormat, ValueError)
+
+
+def test_a_job_image_error_says_which_image_without_parsing_the_message() -> None:
+    with pytest.raises(UnsupportedImage) as caught:
+        load_job_image(corpus.truncated_jpeg(), 0)
+    assert str(caught.value) == "the content image: this image is damaged or incomplete"
+    assert (caught.value.image_index, caught.value.reason) == (0, "this image is damaged or incomplete")
+    with pytest.raises(NotAnImage) as caught:
+        load_job_image(BAD_INPUTS["text named .jpg"], 3)
+    assert str(caught.value) == "style image 3: this file is not an image"
+    assert caught.value.image_index == 3
 
 
 def test_header_bomb_is_refused_without_allocating() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,24 +24,12 @@ from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, UserBusy
 
 log = logging.getLogger(__name__)
 
-_WHICH_IMAGE = re.compile(r"^(the content image|style image (\d+)): ")
-
 
 @dataclass
 class Outcome:
     job: Job | None = None
     problem: str = ""  # rate | input | busy | image | error
     image_index: int | None = None  # for "image": 0 = the content, N = style image N
-
-
-def split_image_error(message: str) -> tuple[int | None, str]:
-    """'style image 2: this file is not an image' -> (2, 'This file is not an image')."""
-    match = _WHICH_IMAGE.match(message)
-    index: int | None = None
-    if match:
-        index = int(match.group(2)) if match.group(2) else 0
-        message = message[match.end() :]
-    return index, message[:1].upper() + message[1:]
 
 
 class JobStarter:
@@ -120,8 +107,8 @@ class JobStarter:
         except (QueueFull, UserBusy) as exc:
             return await fail(texts.BUSY.format(reason=exc.message), Outcome(problem="busy"))
         except ImageError as exc:
-            index, text = split_image_error(exc.message)
-            return await fail(text, Outcome(problem="image", image_index=index))
+            text = exc.reason[:1].upper() + exc.reason[1:]
+            return await fail(text, Outcome(problem="image", image_index=exc.image_index))
         except NstdError as exc:
             return await fail(exc.message, Outcome(problem="error"))
         return Outcome(job=job)
