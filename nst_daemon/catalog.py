@@ -454,6 +454,7 @@ def _install(
     """Validate the staged checkpoint `part`, build the runnable file, rename into place, record it."""
     notes = list(notes or [])
     staged = [part]
+    built_sha256: dict[str, str] = {}
     try:
         validate_checkpoint(entry.kind, part)
         if entry.kind == "cyclegan":
@@ -469,6 +470,7 @@ def _install(
                 f"{entry.name}: ONNX export ok in {time.perf_counter() - started:.1f} s "
                 f"(max abs difference {diff:.1e})"
             )
+            built_sha256[entry.runnable] = _sha256_file(onnx_part)
             os.replace(onnx_part, models_dir / entry.runnable)
         os.replace(part, models_dir / entry.file)
         fsync_dir(models_dir)
@@ -487,6 +489,7 @@ def _install(
         runnable=entry.runnable,
         pinned=pinned,
         notes=notes,
+        built_sha256=built_sha256,
     )
     with download.file_lock(_lock_path(models_dir, "manifest")):
         models = read_manifest(models_dir)
@@ -594,8 +597,12 @@ def _verify_one(record: InstalledModel, entry: CatalogEntry | None, models_dir: 
         validate_checkpoint(record.kind, checkpoint)
     except NstdError as exc:
         return exc.message.removesuffix("; nothing was installed")
-    if record.runnable.endswith(".onnx"):
-        return _check_onnx_loads(models_dir / record.runnable)
+    if record.runnable.endswith(".onnx") and (problem := _check_onnx_loads(models_dir / record.runnable)):
+        return problem
+    for name, expected in record.built_sha256.items():
+        # A flipped bit in the exported weights still loads; only the digest tells.
+        if (actual := _sha256_file(models_dir / name)) != expected:
+            return f"{name} has sha256 {actual}, expected {expected} (built at install)"
     return None
 
 

@@ -28,6 +28,9 @@ class InstalledModel:
     runnable: str  # the file the engine loads, relative to models_dir
     pinned: str = "catalog"  # catalog (sha256 from the catalog) | tofu (trust on first use) | import
     notes: list[str] = field(default_factory=list)
+    # sha256 of each file built at install (the ONNX export), so `nstd models verify` can re-hash it too.
+    # Empty in manifests written before nstd recorded it.
+    built_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def manifest_path(models_dir: Path) -> Path:

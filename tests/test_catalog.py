@@ -6,6 +6,7 @@ The test catalog points at the loopback server and pins the digests these files 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -517,6 +518,41 @@ def test_verify_names_a_model_whose_file_was_altered(env: Env) -> None:
     out = env.output()
     assert "vgg19: FAILED" in out and f"expected {env.ckpt.vgg19.sha256}" in out
     assert "verify failed for 1 of 1 models: vgg19" in out
+
+
+def test_verify_rehashes_the_onnx_export_which_still_loads_when_altered(env: Env) -> None:
+    settings = env.settings(env.cyclegan_entry("style_monet"))
+    assert catalog.pull(settings, ["style_monet"], console=env.console) == 0
+    record = read_manifest(env.models_dir)["style_monet"]
+    onnx = env.models_dir / record.runnable
+    assert record.built_sha256 == {record.runnable: hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    assert catalog.verify_all(settings, env.console) == 0
+    env.output()
+
+    with onnx.open("r+b") as handle:  # one bit in the middle of the exported weights
+        handle.seek(onnx.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, io.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    assert catalog._check_onnx_loads(onnx) is None  # the load check alone would pass it
+
+    assert catalog.verify_all(settings, env.console) == 1
+    out = " ".join(env.output().split())  # the console wraps long lines
+    assert f"style_monet: FAILED: {record.runnable} has sha256" in out
+    assert f"expected {record.built_sha256[record.runnable]} (built at install)" in out
+
+
+def test_verify_accepts_a_manifest_from_before_onnx_digests(env: Env) -> None:
+    settings = env.settings(env.cyclegan_entry("style_monet"))
+    assert catalog.pull(settings, ["style_monet"], console=env.console) == 0
+    manifest = env.models_dir / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    del raw["models"]["style_monet"]["built_sha256"]
+    manifest.write_text(json.dumps(raw))
+
+    assert read_manifest(env.models_dir)["style_monet"].built_sha256 == {}
+    assert catalog.verify_all(settings, env.console) == 0
+    assert "style_monet: ok" in env.output()
 
 
 def test_verify_names_a_missing_file(env: Env) -> None:
