@@ -50,17 +50,18 @@ def run(
             raise UnknownStyle(style, CYCLEGAN_STYLES)
         if preserve_colors:
             raise NstdError("--preserve-colors applies to NST (--style-image) only")
-        model = runnable_path(models_dir, STYLE_MODELS[key])
+        # The inputs first: a mistyped path should not send the user to pull a model before saying so.
         content = imaging.load_image_file(input, **limits)
+        model = runnable_path(models_dir, STYLE_MODELS[key])
         if preset is not None:
             console.print(f"note: --preset applies to NST only; {key} is a pretrained style", style="dim")
         result, used = _cyclegan(
             model, content, max_side or settings.cyclegan.max_side, device or settings.cyclegan.device
         )
     else:
-        model = runnable_path(models_dir, NST_BACKBONE)
         content = imaging.load_image_file(input, **limits)
         styles = [imaging.load_image_file(path, **limits) for path in style_images]
+        model = runnable_path(models_dir, NST_BACKBONE)
         result, used = _nst(
             settings, model, content, styles, preset, max_side, device, preserve_colors, console
         )

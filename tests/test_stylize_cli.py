@@ -107,6 +107,13 @@ def test_missing_model(tmp_path: Path, photo: Path) -> None:
     assert "nstd models pull style_vangogh" in line
     line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", photo))
     assert "nstd models pull vgg19" in line
+    # A mistyped input is reported before the missing model: pulling one would not have helped.
+    line = one_error_line(nstd(config, tmp_path / "typo.jpg", "-o", tmp_path / "x.jpg", "--style", "vangogh"))
+    assert "typo.jpg: no such file" in line
+    line = one_error_line(
+        nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", tmp_path / "typo.png")
+    )
+    assert "typo.png: no such file" in line
 
 
 def test_bad_image(config: Path, tmp_path: Path) -> None:
