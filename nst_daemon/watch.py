@@ -48,6 +48,11 @@ def unique_destination(folder: Path, name: str) -> Path:
     return candidate
 
 
+def _misplaced(folder: str) -> str:
+    where = f"inbox/{folder}/ is not a style folder" if folder else "inbox/ itself is not a style folder"
+    return f"{where}; put images in inbox/<style>/, one of: {', '.join(STYLE_FOLDERS)}"
+
+
 class _Events(FileSystemEventHandler):
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
         self.loop = loop
@@ -109,11 +114,14 @@ class FolderWatcher:
 
     def scan(self) -> None:
         """Catch up with files that arrived while the daemon was down, or whose events were missed."""
-        for style in STYLE_FOLDERS:
-            folder = self.inbox / style
-            with contextlib.suppress(FileNotFoundError):
-                for entry in sorted(folder.iterdir()):
-                    self.consider(entry)
+        with contextlib.suppress(FileNotFoundError):
+            for top in sorted(self.inbox.iterdir()):
+                if not top.is_dir() or top.is_symlink():
+                    self.consider(top)
+                    continue
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    for entry in sorted(top.iterdir()):
+                        self.consider(entry)
 
     async def _rescan_loop(self) -> None:
         while not self._stopped:
@@ -133,14 +141,15 @@ class FolderWatcher:
         task.add_done_callback(self._tasks.discard)
 
     def _style_of(self, path: Path) -> str | None:
-        """The style folder a path sits directly in, or None for anything outside inbox/<style>/."""
+        """The folder of inbox/ a path sits directly in ("" for inbox/ itself), or None for anything
+        deeper or outside. A folder that names no style is returned too: its files fail with the reason."""
         try:
             relative = path.relative_to(self.inbox)
         except ValueError:
             return None
-        if len(relative.parts) != 2 or relative.parts[0] not in STYLE_FOLDERS or ".." in relative.parts:
+        if len(relative.parts) not in (1, 2) or ".." in relative.parts:
             return None
-        return relative.parts[0]
+        return relative.parts[0] if len(relative.parts) == 2 else ""
 
     async def _settle_and_claim(self, path: Path, folder: str) -> None:
         try:
@@ -180,6 +189,8 @@ class FolderWatcher:
 
     async def _claim(self, path: Path, folder: str) -> None:
         problem = await asyncio.to_thread(self._problem_with, path)
+        if not problem and folder not in STYLE_FOLDERS:
+            problem = _misplaced(folder)
         if problem:
             await asyncio.to_thread(self._move_to_failed, path, folder, problem)
             return
@@ -251,4 +262,4 @@ class FolderWatcher:
         if source.exists() or source.is_symlink():
             shutil.move(source, destination)
         write_atomic(failed_dir / f"{destination.name}.error.txt", (reason.strip() + "\n").encode())
-        log.warning("watch: %s/%s failed: %s", folder, source.name, reason)
+        log.warning("watch: %s failed: %s", f"{folder}/{source.name}" if folder else source.name, reason)

@@ -148,3 +148,37 @@ def test_nst_folder_uses_style_images_and_escape_is_rejected(tmp_path: Path, dae
             await daemon.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_file_outside_the_style_folders_fails_with_where_to_put_it(tmp_path: Path, daemon_config) -> None:
+    config = daemon_config(watch={"enabled": True, "settle_s": 0.1})
+    settings = load_settings(config)
+    inbox = settings.watch.dir / "inbox"
+    failed = settings.watch.dir / "failed"
+    (inbox / "picasso").mkdir(parents=True)
+    photo(inbox / "picasso" / "before.jpg", (10, 20, 30))  # there at start: found by the scan
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        try:
+            photo(inbox / "loose.jpg", (40, 50, 60))  # found by its event
+            (inbox / "Picasso2").mkdir()
+            photo(inbox / "Picasso2" / "after.jpg", (70, 80, 90))
+            reasons = {
+                failed / "picasso" / "before.jpg.error.txt": "inbox/picasso/ is not a style folder",
+                failed / "loose.jpg.error.txt": "inbox/ itself is not a style folder",
+                failed / "Picasso2" / "after.jpg.error.txt": "inbox/Picasso2/ is not a style folder",
+            }
+            for reason, expected in reasons.items():
+                await asyncio.to_thread(wait_until, reason.exists, 20, message=str(reason))
+                text = reason.read_text()
+                assert expected in text and "one of: monet, cezanne" in text, text
+            assert (failed / "loose.jpg").exists() and not (inbox / "loose.jpg").exists()
+            assert (failed / "picasso" / "before.jpg").exists()
+            assert daemon.queue.db["jobs"].count == 0
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+
+    asyncio.run(scenario())
