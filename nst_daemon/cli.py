@@ -230,7 +230,10 @@ def users_list() -> None:
 
 
 @users_app.command("add")
-def users_add(user_id: Annotated[int, typer.Argument(help="Numeric Telegram user id.")]) -> None:
+def users_add(
+    # Telegram user ids are positive; negative ids are groups and channels, which the bot does not serve.
+    user_id: Annotated[int, typer.Argument(help="Numeric Telegram user id.", min=1)],
+) -> None:
     """Allow a Telegram user id."""
     from nst_daemon import db
 

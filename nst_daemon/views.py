@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import PurePath
 
 import sqlite_utils
 from rich.console import Console
@@ -23,34 +24,35 @@ def _age(timestamp: float | None) -> str:
 def print_jobs(db: sqlite_utils.Database, console: Console, limit: int = 50) -> None:
     rows = list(db["jobs"].rows_where(order_by="id desc", limit=limit))
     table = Table(title=f"jobs (newest {limit})" if rows else "jobs: none yet")
-    for column in (
-        "id",
-        "source",
-        "owner",
-        "engine",
-        "styles",
-        "state",
-        "progress",
-        "delivery",
-        "created",
-        "error",
-    ):
-        table.add_column(column, overflow="fold")
+    # The short columns never wrap, so an 80-column terminal folds only the free text.
+    for column in ("id", "from", "style", "state", "delivery", "created", "error"):
+        free_text = column in ("from", "style", "error")
+        table.add_column(column, overflow="fold", no_wrap=not free_text, ratio=1 if free_text else None)
     for row in rows:
-        styles = json.loads(row["styles"] or "[]")
         table.add_row(
             str(row["id"]),
-            row["source"],
-            row["owner"],
-            row["engine"],
-            ", ".join(styles) if row["engine"] == "cyclegan" else f"{len(styles)} style image(s)",
-            row["state"],
-            f"{(row['progress'] or 0) * 100:.0f}%",
+            _origin(row["source"], row["owner"]),
+            _styles(row["engine"], json.loads(row["styles"] or "[]")),
+            f"running {(row['progress'] or 0) * 100:.0f}%" if row["state"] == "running" else row["state"],
             row["delivery"] or "",
             _age(row["created_at"]),
             row["error"] or "",
         )
     console.print(table)
+
+
+def _origin(source: str, owner: str) -> str:
+    """'telegram 123456'; a dropped file as its style folder and name ('folder monet/photo.jpg')."""
+    if source == "folder":
+        path = PurePath(owner)
+        return f"folder {path.parent.name}/{path.name}"
+    return f"{source} {owner}"
+
+
+def _styles(engine: str, styles: list[str]) -> str:
+    if engine == "cyclegan":
+        return ", ".join(styles)
+    return f"NST, {len(styles)} style image{'s' if len(styles) != 1 else ''}"
 
 
 def print_users(db: sqlite_utils.Database, configured: list[int], console: Console) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,57 @@ def test_jobs_empty_table(config: Path) -> None:
     assert "none yet" in result.stdout
 
 
+def table_rows(output: str) -> list[list[str]]:
+    """A rich table's body as rows of cells, each cell's wrapped lines joined, spaces dropped."""
+    body = output.split("┩", 1)[1].split("└", 1)[0]
+    rows: list[list[str]] = []
+    for line in body.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if not cells:
+            continue
+        if cells[0]:  # a new row starts where its id is
+            rows.append(["" for _ in cells])
+        rows[-1] = [joined + cell.replace(" ", "") for joined, cell in zip(rows[-1], cells, strict=True)]
+    return rows
+
+
+def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Path) -> None:
+    from nst_daemon import db
+    from nst_daemon.config import load_settings
+
+    now = time.time()
+    jobs = db.connect(load_settings(config).db_path)["jobs"]
+    common = {"params": "{}", "reply": "{}", "input_keys": "[]", "created_at": now - 150}
+    jobs.insert_all(
+        [
+            {"source": "telegram", "owner": "123456789", "engine": "cyclegan", "styles": '["monet"]',
+             "state": "running", "progress": 0.4, "delivery": "pending", **common},
+            {"source": "folder", "owner": "/srv/watch/inbox/vangogh/holiday-photo.jpg", "engine": "cyclegan",
+             "styles": '["vangogh"]', "state": "failed", "delivery": "delivered",
+             "error": "the content image: this image is damaged or incomplete", **common},
+            {"source": "telegram", "owner": "42", "engine": "nst", "styles": '["k1", "k2"]',
+             "state": "cancelled", "delivery": "pending", **common},
+        ]
+    )  # fmt: skip
+
+    result = nstd("--config", str(config), "jobs", env={"COLUMNS": "80"})
+
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    header = [cell.strip() for cell in result.stdout.split("┃", 1)[1].split("\n", 1)[0].split("┃")[:-1]]
+    assert header == ["id", "from", "style", "state", "delivery", "created", "error"]
+    assert table_rows(result.stdout) == [
+        ["3", "telegram42", "NST,2styleimages", "cancelled", "pending", "2mago", ""],
+        ["2", "foldervangogh/holiday-photo.jpg", "vangogh", "failed", "delivered", "2mago",
+         "thecontentimage:thisimageisdamagedorincomplete"],
+        ["1", "telegram123456789", "monet", "running40%", "pending", "2mago", ""],
+    ]  # fmt: skip
+    # The short columns never wrap: each value sits on its row's first line.
+    first_lines = [line for line in result.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
+    for line, state in zip(first_lines, ("cancelled", "failed", "running 40%"), strict=True):
+        assert f" {state} " in line and " 2m ago " in line, line
+
+
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "bad.toml", {"queue": {"max_pending": "lots"}})
     result = nstd("--config", str(cfg), "jobs")
@@ -92,3 +144,6 @@ def test_missing_config_file_and_usage_errors(tmp_path: Path) -> None:
     usage = nstd("users", "add", "not-a-number")
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr
+    zero = nstd("--config", str(tmp_path / "nope.toml"), "users", "add", "0")
+    assert zero.returncode == 2 and "Traceback" not in zero.stderr
+    assert "greater than or equal to 1" in zero.stderr
