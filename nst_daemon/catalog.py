@@ -331,6 +331,7 @@ def _pull_one(
             source=url,
             pinned=pinned,
             console=console,
+            shown_as=url,
         )
         return _Outcome(name, "installed", _describe_pin(installed), installed.sha256)
 
@@ -411,6 +412,7 @@ def import_file(
             source=source.resolve().as_uri(),
             pinned=pinned,
             console=console,
+            shown_as=str(source),
             notes=notes,
         )
     if mismatch:
@@ -449,14 +451,17 @@ def _install(
     source: str,
     pinned: str,
     console: Console,
+    shown_as: str,
     notes: list[str] | None = None,
 ) -> InstalledModel:
-    """Validate the staged checkpoint `part`, build the runnable file, rename into place, record it."""
+    """Validate the staged checkpoint `part`, build the runnable file, rename into place, record it.
+
+    `shown_as` names the file in errors as the user knows it: the URL, or the imported file's path."""
     notes = list(notes or [])
     staged = [part]
     built_sha256: dict[str, str] = {}
     try:
-        validate_checkpoint(entry.kind, part)
+        validate_checkpoint(entry.kind, part, shown_as)
         if entry.kind == "cyclegan":
             from nst_daemon.engines import cyclegan
 
@@ -507,16 +512,19 @@ def _install(
     return record
 
 
-def validate_checkpoint(kind: str, path: Path) -> None:
-    """Load with weights_only and check keys and shapes against the architecture; NstdError names the key."""
+def validate_checkpoint(kind: str, path: Path, shown_as: str | None = None) -> None:
+    """Load with weights_only and check keys and shapes against the architecture; NstdError names the key.
+
+    `shown_as` is how the user knows the file (the URL or the imported path), not its staging name.
+    """
     import torch
 
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NstdError(
-            f"{path.name} is not a loadable PyTorch checkpoint ({first_line}); nothing was installed"
+            f"{shown_as or path.name} is not a PyTorch checkpoint nstd can load ({_load_failure(exc)}); "
+            "nothing was installed"
         ) from None
     try:
         if kind == "vgg19":
@@ -529,6 +537,20 @@ def validate_checkpoint(kind: str, path: Path) -> None:
             clean_generator_state_dict(raw)
     except NstdError as exc:
         raise NstdError(f"{exc.message}; nothing was installed") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's failure in a line. Its weights-only message is a page that ends by suggesting
+    weights_only=False, which would run the file's code: only the unpickler's own finding is kept."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].splitlines()
+        finding = next((line.strip() for line in after if line.strip()), "").split(". ")[0]  # not its advice
+        if "global" in finding.lower():
+            return f"it holds pickled Python objects, not only tensors; nstd loads weights only: {finding}"
+        return f"torch cannot read it: {finding}" if finding else "torch cannot read it"
+    first_line = text.splitlines()[0] if text else ""
+    return f"torch cannot read it: {type(exc).__name__}{f': {first_line}' if first_line else ''}"
 
 
 def _ensure_models_dir(settings: Settings) -> Path:

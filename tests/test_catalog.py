@@ -6,6 +6,7 @@ The test catalog points at the loopback server and pins the digests these files 
 
 from __future__ import annotations
 
+import fractions
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from http_fixture import Checkpoint, CheckpointSet, FileServer, checkpoint_set, write_catalog
 from rich.console import Console
 
@@ -600,8 +602,18 @@ def test_import_of_an_invalid_file_installs_nothing(env: Env, tmp_path: Path) ->
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"definitely not a checkpoint")
 
-    with pytest.raises(NstdError, match="not a loadable PyTorch checkpoint"):
+    with pytest.raises(NstdError) as caught:
         catalog.import_file(settings, "vgg19", junk, console=env.console)
+    # Named as the user knows it, not by its staging copy.
+    assert caught.value.message.startswith(f"{junk} is not a PyTorch checkpoint nstd can load (torch cannot")
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"ratio": fractions.Fraction(1, 3)}, pickled)  # a Python object beside the tensors
+    with pytest.raises(NstdError) as caught:
+        catalog.import_file(settings, "vgg19", pickled, console=env.console)
+    assert "holds pickled Python objects, not only tensors" in caught.value.message
+    assert "fractions.Fraction" in caught.value.message
+    # torch's advice (turn weights_only off, or allowlist the class) is not passed on.
+    assert "weights_only" not in caught.value.message and "safe_globals" not in caught.value.message
     with pytest.raises(NstdError, match=r"features\.0\.weight has shape"):
         catalog.import_file(settings, "vgg19", env.ckpt.bad_shapes.path, console=env.console)
     assert env.model_files() == []
