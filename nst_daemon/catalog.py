@@ -30,7 +30,7 @@ import nst_daemon
 from nst_daemon import download
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
-from nst_daemon.fsutil import fsync_dir
+from nst_daemon.fsutil import ensure_dir, fsync_dir
 from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
 
 KINDS = ("vgg19", "cyclegan")
@@ -554,12 +554,7 @@ def _load_failure(exc: Exception) -> str:
 
 
 def _ensure_models_dir(settings: Settings) -> Path:
-    models_dir = settings.paths.models_dir
-    try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NstdError(f"cannot create the models directory {models_dir}: {exc.strerror or exc}") from None
-    return models_dir
+    return ensure_dir(settings.paths.models_dir, "the models directory (paths.models_dir)")
 
 
 def _lock_path(models_dir: Path, file: str) -> Path:

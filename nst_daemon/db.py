@@ -9,6 +9,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from nst_daemon.fsutil import ensure_dir
+
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -57,7 +59,7 @@ class SchemaTooNew(Exception):
 
 def connect(path: Path) -> sqlite_utils.Database:
     """Open (creating if needed) the state database and bring its schema up to date."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, "the state directory (paths.state_dir)")
     db = sqlite_utils.Database(open_connection(path))
     db.enable_wal()
     migrate(db)

@@ -6,6 +6,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from nst_daemon.errors import NstdError
+
+
+def ensure_dir(path: Path, what: str) -> Path:
+    """Create `path` (and its parents); a failure is a one-line NstdError naming `what` (say, the config
+    key), since it is almost always a path in the config that points somewhere unusable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NstdError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    return path
+
 
 def fsync_dir(path: Path) -> None:
     """Make renames in `path` durable; without it a power cut can roll the directory entry back."""

@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError
-from nst_daemon.fsutil import write_atomic
+from nst_daemon.fsutil import ensure_dir, write_atomic
 from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest, QueueFull
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,11 @@ class FolderWatcher:
         self._stopped = False
 
     def create_folders(self) -> None:
+        what = "a folder of the watched folder (watch.dir)"
         for top in ("inbox", "outbox", "done", "failed"):
             for style in STYLE_FOLDERS:
-                (self.root / top / style).mkdir(parents=True, exist_ok=True)
-        (self.root / "styles").mkdir(parents=True, exist_ok=True)
+                ensure_dir(self.root / top / style, what)
+        ensure_dir(self.root / "styles", what)
 
     async def start(self) -> None:
         self.create_folders()

@@ -130,6 +130,28 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_configured_path_that_cannot_be_a_folder_is_one_line_naming_its_key(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way", encoding="utf-8")
+    cases = [
+        ({"paths": {"state_dir": str(blocker / "state")}}, "jobs", "the state directory (paths.state_dir)"),
+        ({"paths": {"state_dir": "s"}, "store": {"root": str(blocker / "objects")}}, "run",
+         "the object store (store.root)"),
+        ({"paths": {"state_dir": "s"}, "watch": {"enabled": True, "dir": str(blocker)}}, "run",
+         "a folder of the watched folder (watch.dir)"),
+        ({"paths": {"models_dir": str(blocker / "models")}}, "models import vgg19 x.pth",
+         "the models directory (paths.models_dir)"),
+    ]  # fmt: skip
+    (tmp_path / "x.pth").write_bytes(b"not read: the models directory fails first")
+    for number, (settings, command, what) in enumerate(cases):
+        cfg = write_config(tmp_path / f"c{number}.toml", settings)
+        result = nstd("--config", str(cfg), *command.split(), cwd=tmp_path)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: cannot create {what} ") and last.endswith(": Not a directory"), last
+        assert "Traceback" not in result.stderr
+
+
 def test_debug_shows_traceback(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "bad.toml", {"queue": {"max_pending": "lots"}})
     result = nstd("--debug", "--config", str(cfg), "jobs")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from nst_daemon.fsutil import ensure_dir
 from nst_daemon.store.errors import error_code
 from nst_daemon.store.local import LocalS3Client
 
@@ -26,7 +27,7 @@ def open_store(settings: Settings) -> Any:
 
         client: Any = boto3.client("s3", endpoint_url=store.endpoint_url or None, region_name=store.region)
     else:
-        client = LocalS3Client(settings.store_root)
+        client = LocalS3Client(ensure_dir(settings.store_root, "the object store (store.root)"))
     ensure_bucket(client, store.bucket, store.region)
     return client
 
