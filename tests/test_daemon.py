@@ -159,6 +159,27 @@ def test_missing_models_at_start_is_one_clear_line(tmp_path: Path, daemon_proces
     assert "Traceback" not in daemon.log
 
 
+def test_telegram_unreachable_at_start_says_where_and_why_and_keeps_running(
+    tmp_path: Path, daemon_process
+) -> None:
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[paths]\nstate_dir = "{tmp_path / "s"}"\nmodels_dir = "{tmp_path / "m"}"\n'
+        f'[telegram]\ntoken = "123456:{"A" * 35}"\napi_base = "http://127.0.0.1:{port}"\n'
+    )
+    daemon = daemon_process(config).start(wait_for="not reachable at start")
+    daemon.wait_for_log("nstd is running")
+    line = next(line for line in daemon.lines if "not reachable at start" in line)
+    assert f"http://127.0.0.1:{port} not reachable at start (TelegramNetworkError: " in line, line
+    assert "Cannot connect to host" in line, line
+    assert "A" * 35 not in daemon.log  # the token's secret part is never logged
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log
+
+
 def _children(pid: int) -> list[int]:
     children = []
     for task in Path(f"/proc/{pid}/task").iterdir():

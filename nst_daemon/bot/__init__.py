@@ -36,7 +36,7 @@ from nst_daemon.bot.context import Services
 from nst_daemon.bot.delivery import TelegramDeliverer
 from nst_daemon.bot.pinned_responses import PinResponseTypes
 from nst_daemon.bot.ratelimit import RateLimiter
-from nst_daemon.bot.retry import RetryMiddleware
+from nst_daemon.bot.retry import RetryMiddleware, describe_failure
 from nst_daemon.bot.routers import all_routers
 from nst_daemon.bot.routers.access import AccessMiddleware
 from nst_daemon.bot.starter import JobStarter
@@ -118,7 +118,11 @@ class BotService:
             await session.close()
             raise NstdError(UNAUTHORIZED) from None
         except Exception as exc:  # the network, a proxy, Telegram itself: polling will keep trying
-            log.warning("telegram: not reachable at start (%s); will keep trying", type(exc).__name__)
+            log.warning(
+                "telegram: %s not reachable at start (%s); will keep trying",
+                self.settings.telegram.api_base,
+                describe_failure(exc),
+            )
         else:
             log.info("telegram: logged in as @%s", me.username)
             await self._set_commands()
@@ -135,7 +139,7 @@ class BotService:
             await self.bot.set_my_commands(commands)
             self._commands_set = True
         except Exception as exc:
-            log.warning("telegram: setMyCommands failed (%s); will retry", type(exc).__name__)
+            log.warning("telegram: setMyCommands failed (%s); will retry", describe_failure(exc))
 
     async def run(self) -> None:
         """Long-poll until stop() or cancellation. Errors restart polling after a pause; never raises them."""
@@ -163,7 +167,8 @@ class BotService:
                 # Typically getMe failing at the start of polling while Telegram is unreachable.
                 delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
                 failures += 1
-                log.warning("telegram: polling stopped (%s); restarting in %.0f s", type(exc).__name__, delay)
+                why = describe_failure(exc)
+                log.warning("telegram: polling stopped (%s); restarting in %.0f s", why, delay)
                 await asyncio.sleep(delay)
                 continue
             if not self._stopping:

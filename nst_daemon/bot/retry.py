@@ -66,5 +66,13 @@ class RetryMiddleware(BaseRequestMiddleware):
                 if failures > self.network_retries:
                     raise
                 delay = self.network_delays[min(failures, len(self.network_delays)) - 1]
-                log.warning("telegram %s: %s, retrying in %.1f s", name, type(exc).__name__, delay)
+                log.warning("telegram %s: %s; retrying in %.1f s", name, describe_failure(exc), delay)
                 await asyncio.sleep(delay)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The error's type and the first line of its message, so a log says why (a refused connection, a
+    DNS failure, a proxy), not only that something failed. The token never appears: the log redacts it."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
