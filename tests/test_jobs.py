@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -446,47 +448,69 @@ def test_retention_sweep_removes_rows_and_objects(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+LOOP_DURING_NST = """
+import asyncio, json, sys, time
+from PIL import Image
+from nst_daemon import db, imaging
+from nst_daemon.config import Settings
+from nst_daemon.engine_process import ProcessRunner
+from nst_daemon.jobs import JobQueue, JobRequest
+from nst_daemon.store import open_store
+
+settings = Settings.model_validate(json.loads(sys.argv[1]))
+runner = ProcessRunner(settings)
+
+def jpeg(color, size):
+    return imaging.encode_image(Image.new("RGB", size, color), "jpeg")
+
+async def scenario():
+    queue = JobQueue(db.connect(settings.db_path), open_store(settings), "nstd", settings, runner)
+    request = JobRequest(source="cli", owner="x", engine="nst", content=jpeg((200, 40, 40), (96, 72)),
+                         style_images=[jpeg((20, 20, 220), (64, 64))])
+    job = await queue.submit(request)
+    worker = asyncio.create_task(queue.run_worker())
+    worst, ticks = 0.0, 0
+    while (current := queue.get(job.id)).state in ("queued", "running"):
+        before = time.perf_counter()
+        await asyncio.sleep(0.01)
+        if current.state == "running":
+            worst = max(worst, time.perf_counter() - before - 0.01)
+            ticks += 1
+    state = queue.get(job.id).state
+    await queue.shutdown(1)
+    worker.cancel()
+    return {"state": state, "worst_s": worst, "ticks": ticks}
+
+try:
+    outcome = asyncio.run(scenario())
+finally:
+    runner.close()
+outcome["imported"] = sorted(name for name in ("torch", "onnxruntime") if name in sys.modules)
+print(json.dumps(outcome))
+"""
+
+
 def test_event_loop_stays_responsive_during_nst(tmp_path: Path, installed_models_dir: Path) -> None:
-    """A loop-lag probe ticks every 10 ms while a real NST job runs, as the daemon runs it: in the engine
-    process. The probe counts from the moment the job is running, so it covers the child's start, its
-    torch import (in the daemon's own process that held the GIL for up to 0.45 s in one stretch) and the
-    model load."""
-    from nst_daemon.engine_process import ProcessRunner
-
-    settings = make_settings(
-        tmp_path,
-        paths={"state_dir": str(tmp_path / "s"), "models_dir": str(installed_models_dir)},
-        nst={"preset": "fast", "max_side": 96},
+    """A real NST job, run as the daemon runs it (in the engine process), leaves the daemon's interpreter
+    without torch: importing torch there held the GIL for up to 0.45 s in one stretch, and loading VGG19 for
+    seconds more in shorter ones. The scenario runs in a fresh interpreter, since this one has imported torch
+    for other tests. A probe ticks every 10 ms from the moment the job is running. Its lag is only bounded
+    loosely here: CI shares 2 cores with the child, and one 188 ms tick was seen there with the engines out
+    of process. `scripts/bench_daemon.py --parts lag` measures it (docs/benchmarks.md)."""
+    settings = {
+        "paths": {"state_dir": str(tmp_path / "s"), "models_dir": str(installed_models_dir)},
+        "nst": {"preset": "fast", "max_side": 96},
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", LOOP_DURING_NST, json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    runner = ProcessRunner(settings)
-
-    async def scenario() -> tuple[float, int]:
-        queue = JobQueue(database.connect(settings.db_path), open_store(settings), "nstd", settings, runner)
-        job = await queue.submit(
-            JobRequest(
-                source="cli",
-                owner="x",
-                engine="nst",
-                content=jpeg(size=(96, 72)),
-                style_images=[jpeg((20, 20, 220), (64, 64))],
-            )
-        )
-        worker = asyncio.create_task(queue.run_worker())
-        worst, ticks = 0.0, 0
-        while (current := queue.get(job.id)).state in ("queued", "running"):
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            if current.state == "running":
-                worst = max(worst, time.perf_counter() - before - 0.01)
-                ticks += 1
-        assert queue.get(job.id).state == "done", queue.get(job.id)
-        await queue.shutdown(1)
-        worker.cancel()
-        return worst, ticks
-
-    try:
-        worst, ticks = asyncio.run(scenario())
-    finally:
-        runner.close()
-    assert ticks > 20, "the probe must run while the job computes"
-    assert worst < 0.100, f"event loop stalled for {worst * 1000:.0f} ms"
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["state"] == "done", result.stderr
+    assert outcome["imported"] == [], "the daemon's own process imported an engine library"
+    assert outcome["ticks"] > 20, "the probe must run while the job computes"
+    # The whole job in the loop's thread would stall it for the job's length (several seconds here).
+    assert outcome["worst_s"] < 1.0, f"event loop stalled for {outcome['worst_s'] * 1000:.0f} ms"
