@@ -94,11 +94,13 @@ class NstSettings(_Section):
     device: Device = "auto"
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     seed: int = 0
+    cpu_threads: int = Field(default=0, ge=0, le=1024)
 
 
 class CycleganSettings(_Section):
     max_side: int = Field(default=1024, ge=64, le=4096)
     device: Device = "auto"
+    cpu_threads: int = Field(default=0, ge=0, le=1024)
 
 
 class WatchSettings(_Section):

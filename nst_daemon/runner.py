@@ -60,10 +60,12 @@ class EngineRunner:
         if model == "vgg19":
             from nst_daemon.engines.nst import NSTEngine
 
-            return NSTEngine(path, device=self.settings.nst.device)
+            return NSTEngine(path, device=self.settings.nst.device, cpu_threads=self.settings.nst.cpu_threads)
         from nst_daemon.engines.cyclegan import CycleGANEngine
 
-        return CycleGANEngine(path, device=self.settings.cyclegan.device)
+        return CycleGANEngine(
+            path, device=self.settings.cyclegan.device, cpu_threads=self.settings.cyclegan.cpu_threads
+        )
 
     def run(
         self,

@@ -56,7 +56,11 @@ def run(
         if preset is not None:
             console.print(f"note: --preset applies to NST only; {key} is a pretrained style", style="dim")
         result, used = _cyclegan(
-            model, content, max_side or settings.cyclegan.max_side, device or settings.cyclegan.device
+            model,
+            content,
+            max_side or settings.cyclegan.max_side,
+            device or settings.cyclegan.device,
+            settings.cyclegan.cpu_threads,
         )
     else:
         content = imaging.load_image_file(input, **limits)
@@ -72,10 +76,12 @@ def run(
     console.print(f"wrote {output} ({width}×{height}) in {elapsed:.1f} s on {used}", highlight=False)
 
 
-def _cyclegan(model: Path, content: Image.Image, max_side: int, device: str) -> tuple[Image.Image, str]:
+def _cyclegan(
+    model: Path, content: Image.Image, max_side: int, device: str, cpu_threads: int
+) -> tuple[Image.Image, str]:
     from nst_daemon.engines.cyclegan import CycleGANEngine
 
-    engine = CycleGANEngine(model, device=device)
+    engine = CycleGANEngine(model, device=device, cpu_threads=cpu_threads)
     engine.load()
     try:
         return engine.stylize(content, max_side=max_side), engine.provider
@@ -105,7 +111,7 @@ def _nst(
         seed=settings.nst.seed,
         preserve_colors=preserve_colors,
     )
-    engine = NSTEngine(model, device=device or settings.nst.device)
+    engine = NSTEngine(model, device=device or settings.nst.device, cpu_threads=settings.nst.cpu_threads)
     engine.load()
     console.print(
         f"NST on {engine.device_name}: {len(styles)} style image(s), preset {preset or settings.nst.preset}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from nst_daemon.config import ConfigError, find_config, load_settings, mask_token
+from nst_daemon.config import ConfigError, Settings, find_config, load_settings, mask_token
 from nst_daemon.logs import RedactSecrets
 
 TOKEN = "123456789:AAHsecretsecretsecretsecretsecret00"
@@ -108,6 +111,8 @@ def test_relative_path_from_environment_is_relative_to_cwd(isolated: Path) -> No
         ("[nope]\nx = 1\n", "[nope]: unknown section"),
         ("[nst]\npreset = 'slow'\n", "nst.preset"),
         ("[nst]\ndevice = 'tpu'\n", "nst.device"),
+        ("[nst]\ncpu_threads = -1\n", "nst.cpu_threads"),
+        ("[cyclegan]\ncpu_threads = 'all'\n", "cyclegan.cpu_threads"),
         ("[telegram]\napi_base = 'ftp://x'\n", "telegram.api_base"),
         ("[telegram]\ndefault_style = 'picasso'\n", "telegram.default_style"),
         ("[telegram]\nallowed_users = ['bob']\n", "telegram.allowed_users"),
@@ -180,3 +185,22 @@ def test_log_redaction_masks_token_everywhere() -> None:
     redactor.filter(record)
     assert TOKEN not in record.getMessage()
     assert "123456789:********" in record.getMessage()
+
+
+def test_the_shipped_config_and_the_readme_list_every_key(isolated: Path) -> None:
+    """Docs that match the code: config.toml loads, and it and the README's table name every key."""
+    root = Path(__file__).resolve().parents[1]
+    example = root / "config.toml"
+    load_settings(example, environ={})
+    text = example.read_text(encoding="utf-8")
+    shipped = tomllib.loads(text)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue  # `source`: not a config key
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `[{section}]` |"))
+        for key in model.model_fields:
+            assert f"`{key}`" in row, f"README's config table lacks {section}.{key}"
+            commented = re.search(rf"^# {key} = ", text, re.MULTILINE)
+            assert key in shipped.get(section, {}) or commented, f"config.toml lacks {section}.{key}"

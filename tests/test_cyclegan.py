@@ -155,6 +155,15 @@ def test_provider_is_reported(engine: CycleGANEngine) -> None:
     assert engine.device_name == "cpu"
 
 
+def test_cpu_threads_set_onnx_runtimes_intra_op_pool(
+    engine: CycleGANEngine, installed_models_dir: Path
+) -> None:
+    assert engine._session.get_session_options().intra_op_num_threads == physical_cores()  # 0: the default
+    one = CycleGANEngine(installed_models_dir / "generator.onnx", device="cpu", cpu_threads=1)
+    one.load()
+    assert one._session.get_session_options().intra_op_num_threads == 1
+
+
 def test_provider_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 

@@ -128,6 +128,40 @@ def test_a_missing_model_is_the_pull_hint(tmp_path: Path) -> None:
         runner.close()
 
 
+def test_the_configured_cpu_threads_reach_the_engines_in_the_child(
+    tmp_path: Path, installed_models_dir: Path
+) -> None:
+    """`nst.cpu_threads` and `cyclegan.cpu_threads`, through the runner the daemon uses."""
+    settings = Settings.model_validate(
+        {
+            "paths": {"state_dir": str(tmp_path / "state"), "models_dir": str(installed_models_dir)},
+            "nst": {"preset": "fast", "max_side": 64, "cpu_threads": 1},
+            "cyclegan": {"max_side": 64, "cpu_threads": 1},
+        }
+    )
+    runner = ProcessRunner(settings, make_runner=ThreadReportingRunner)
+    try:
+        nst = runner.run(
+            make_job(engine="nst", styles=[]), photo(), [photo(1)], lambda f: None, threading.Event()
+        )
+        monet = runner.run(make_job(job_id=2), photo(), [], lambda f: None, threading.Event())
+    finally:
+        runner.close()
+    assert nst.report["device"] == "cpu (1 thread)"
+    assert monet.report["intra_op_threads"] == 1
+
+
+class ThreadReportingRunner(EngineRunner):
+    """The real runner, adding ONNX Runtime's thread count to the report (it has no other way out)."""
+
+    def run(self, job: Job, *args: Any) -> Any:
+        result = super().run(job, *args)
+        if job.engine == "cyclegan":
+            session = self._engines["style_monet"]._session
+            result.report["intra_op_threads"] = session.get_session_options().intra_op_num_threads
+        return result
+
+
 def test_cancel_reaches_an_nst_job_in_the_child(runner: ProcessRunner) -> None:
     cancel = threading.Event()
     progressed = threading.Event()

@@ -290,6 +290,25 @@ def test_device_selection() -> None:
         resolve_torch_device("tpu")
 
 
+@pytest.mark.parametrize(("cpu_threads", "expected"), [(1, "cpu (1 thread)"), (0, "cpu (3 threads)")])
+def test_cpu_threads_are_set_in_the_thread_that_runs_the_job(
+    installed_models_dir: Path, content, styles, cpu_threads: int, expected: str
+) -> None:
+    """OpenMP keeps the count per thread, so the engine sets it where the job runs; 0 keeps torch's."""
+    engine = NSTEngine(installed_models_dir / "vgg19-dcbb9e9d.pth", device="cpu", cpu_threads=cpu_threads)
+    seen: dict[str, object] = {}
+
+    def job() -> None:
+        torch.set_num_threads(3)  # what a new thread might start with
+        result = engine.stylize(content, styles[:1], options=replace(TINY, max_steps=1))
+        seen.update(device=result.device, threads=torch.get_num_threads())
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    worker.join()
+    assert seen == {"device": expected, "threads": cpu_threads or 3}
+
+
 def test_unload_and_reload(installed_models_dir: Path, content, styles) -> None:
     engine = NSTEngine(installed_models_dir / "vgg19-dcbb9e9d.pth", device="cpu")
     assert not engine.loaded

@@ -341,8 +341,12 @@ def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict
 class CycleGANEngine:
     """One exported generator behind an ONNX Runtime session."""
 
-    def __init__(self, onnx_path: Path, device: str = "auto", device_id: int = 0) -> None:
+    def __init__(
+        self, onnx_path: Path, device: str = "auto", device_id: int = 0, cpu_threads: int = 0
+    ) -> None:
+        """`cpu_threads` is ONNX Runtime's intra-op thread count on the CPU; 0 means one per physical core."""
         self.onnx_path = Path(onnx_path)
+        self.cpu_threads = cpu_threads
         self.device = (device or "auto").strip().lower()
         if self.device.startswith("cuda:"):
             self.device, _, index = self.device.partition(":")
@@ -383,7 +387,7 @@ class CycleGANEngine:
         providers = provider_list(self.device, self.device_id)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = physical_cores()
+        options.intra_op_num_threads = self.cpu_threads or physical_cores()
         quiet = self.device == "auto" and len(providers) > 1
         if quiet:
             # A CUDA provider that cannot load is reported by ORT's global logger as several coloured

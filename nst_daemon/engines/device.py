@@ -54,7 +54,8 @@ def resolve_torch_device(name: str) -> torch.device:
 def describe_torch_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def nvidia_driver_present() -> bool:

@@ -351,9 +351,11 @@ def scale_sizes(size: tuple[int, int], options: NSTOptions) -> list[tuple[int, i
 class NSTEngine:
     """Holds the VGG19 weights on one device and runs one stylization at a time."""
 
-    def __init__(self, vgg_path: Path, device: str = "auto") -> None:
+    def __init__(self, vgg_path: Path, device: str = "auto", cpu_threads: int = 0) -> None:
+        """`cpu_threads` is torch's thread count on the CPU; 0 keeps torch's default (the physical cores)."""
         self.vgg_path = Path(vgg_path)
         self.requested_device = device
+        self.cpu_threads = cpu_threads
         self._device: torch.device | None = None
         self._weights: dict[str, torch.Tensor] | None = None
         self._net: VGG19Features | None = None
@@ -375,6 +377,7 @@ class NSTEngine:
         return describe_torch_device(self.device)
 
     def load(self) -> None:
+        self._set_threads()
         if self._weights is not None:
             return
         device = self.device
@@ -383,6 +386,11 @@ class NSTEngine:
         # load time rather than inside the first job's progress.
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
         log.info("VGG19 loaded from %s for %s", self.vgg_path.name, describe_torch_device(device))
+
+    def _set_threads(self) -> None:
+        # OpenMP keeps the count per thread, so it is set in the thread that runs the job, every time.
+        if self.cpu_threads and self.device.type == "cpu" and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
 
     def unload(self) -> None:
         self._weights = None
