@@ -339,7 +339,8 @@ def check_gpu_stack(settings: Settings | None) -> list[Check]:
             )
         )
     has_gpu = bool(gpus) or bool(torch.device_caps)
-    checks.append(check_torch(torch, cc if has_gpu else None, has_gpu))
+    configured_threads = settings.nst.cpu_threads if settings is not None else 0
+    checks.append(check_torch(torch, cc if has_gpu else None, has_gpu, configured_threads))
     checks.append(check_onnxruntime(gpu.ort_facts(), cc if has_gpu else None, has_gpu))
     if gpus and gpus[0].memory_free_mib is not None:
         checks.append(check_vram(gpus, settings))
@@ -351,7 +352,9 @@ def format_cc_or(cc: gpu.CC | None, fallback: gpu.CC | None) -> str:
     return gpu.format_cc(chosen) if chosen else "unknown"
 
 
-def check_torch(facts: gpu.TorchFacts, cc: gpu.CC | None, has_gpu: bool) -> Check:
+def check_torch(
+    facts: gpu.TorchFacts, cc: gpu.CC | None, has_gpu: bool, configured_threads: int = 0
+) -> Check:
     name = "PyTorch"
     if facts.version is None:
         return error(
@@ -361,7 +364,11 @@ def check_torch(facts: gpu.TorchFacts, cc: gpu.CC | None, has_gpu: bool) -> Chec
         )
     if not has_gpu:
         build = "CPU build" if facts.cpu_build else f"CUDA {facts.cuda} build"
-        return ok(name, f"torch {facts.version} ({build}); no GPU to use, running on the CPU")
+        if configured_threads:
+            threads = f"{configured_threads} thread{'s' if configured_threads > 1 else ''} (nst.cpu_threads)"
+        else:
+            threads = f"{facts.cpu_threads} threads (torch's default; nst.cpu_threads sets it)"
+        return ok(name, f"torch {facts.version} ({build}); no GPU to use, running on the CPU with {threads}")
     cc_text = gpu.format_cc(cc) if cc else "unknown"
     if facts.cpu_build:
         fix = gpu.torch_install_hint(cc, facts.version) if cc else "install a CUDA build of PyTorch"

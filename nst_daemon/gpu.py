@@ -60,6 +60,7 @@ class TorchFacts:
     cuda_available: bool = False
     device_caps: tuple[CC, ...] = ()  # what torch sees, a fallback without nvidia-smi
     device_names: tuple[str, ...] = ()
+    cpu_threads: int = 0  # torch.get_num_threads(): what NST uses on the CPU unless nst.cpu_threads says
     error: str | None = None  # why torch could not be imported
 
     @property
@@ -205,6 +206,7 @@ def torch_facts() -> TorchFacts:
         cuda_available=available,
         device_caps=tuple(caps),
         device_names=tuple(names),
+        cpu_threads=torch.get_num_threads(),
     )
 
 

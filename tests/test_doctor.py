@@ -148,7 +148,7 @@ def torch_cuda(archs: tuple[str, ...], cuda: str = "12.8", version: str = "2.9.0
     return gpu.TorchFacts(version=version, cuda=cuda, arch_list=archs, cuda_available=True)
 
 
-TORCH_CPU = gpu.TorchFacts(version="2.13.0+cpu")
+TORCH_CPU = gpu.TorchFacts(version="2.13.0+cpu", cpu_threads=4)
 ORT_CPU_ONLY = gpu.OrtFacts(
     version="1.20.1",
     available=("CUDAExecutionProvider", "CPUExecutionProvider"),
@@ -437,8 +437,11 @@ def test_no_gpu_is_a_warning_and_cpu_libraries_are_fine(tmp_path: Path, facts) -
     assert checks["NVIDIA GPU"].status == "warning"
     assert "runs on the CPU" in checks["NVIDIA GPU"].detail
     assert checks["PyTorch"].status == "ok"
+    assert "running on the CPU with 4 threads (torch's default" in checks["PyTorch"].detail
     assert checks["ONNX Runtime"].status == "ok" and "CPU provider" in checks["ONNX Runtime"].detail
     assert "free VRAM" not in checks
+    configured = write_config(tmp_path, extra="[nst]\ncpu_threads = 1\n")
+    assert "running on the CPU with 1 thread (nst.cpu_threads)" in checks_of(configured)["PyTorch"].detail
 
 
 def test_gtx_970_with_a_cpu_torch_names_cu126(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, facts) -> None:
