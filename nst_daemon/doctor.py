@@ -364,10 +364,9 @@ def check_torch(
         )
     if not has_gpu:
         build = "CPU build" if facts.cpu_build else f"CUDA {facts.cuda} build"
-        if configured_threads:
-            threads = f"{configured_threads} thread{'s' if configured_threads > 1 else ''} (nst.cpu_threads)"
-        else:
-            threads = f"{facts.cpu_threads} threads (torch's default; nst.cpu_threads sets it)"
+        count = configured_threads or facts.cpu_threads
+        source = "nst.cpu_threads" if configured_threads else "torch's default; nst.cpu_threads sets it"
+        threads = f"{count} thread{'' if count == 1 else 's'} ({source})"
         return ok(name, f"torch {facts.version} ({build}); no GPU to use, running on the CPU with {threads}")
     cc_text = gpu.format_cc(cc) if cc else "unknown"
     if facts.cpu_build:

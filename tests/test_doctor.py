@@ -440,6 +440,8 @@ def test_no_gpu_is_a_warning_and_cpu_libraries_are_fine(tmp_path: Path, facts) -
     assert "running on the CPU with 4 threads (torch's default" in checks["PyTorch"].detail
     assert checks["ONNX Runtime"].status == "ok" and "CPU provider" in checks["ONNX Runtime"].detail
     assert "free VRAM" not in checks
+    facts(torch=gpu.TorchFacts(version="2.13.0+cpu", cpu_threads=1))
+    assert "running on the CPU with 1 thread (torch's default" in checks_of(config)["PyTorch"].detail
     configured = write_config(tmp_path, extra="[nst]\ncpu_threads = 1\n")
     assert "running on the CPU with 1 thread (nst.cpu_threads)" in checks_of(configured)["PyTorch"].detail
 
