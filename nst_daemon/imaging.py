@@ -13,7 +13,10 @@ import math
 import re
 import stat
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +33,17 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 JPEG_QUALITY = 92
+# Pillow's `reducing_gap` for every downscale: a cheap integer-factor box shrink first, as long as this many
+# times the final size is left for Lanczos to finish. From 3 on the result is indistinguishable from plain
+# Lanczos (Pillow's documentation).
+RESIZE_GAP = 3.0
+# The same for a JPEG's reduced decode (libjpeg's DCT scaling), which needs more room: on a zone plate made
+# to alias, leaving 3.1-3.9 times the final size measured 36-46 dB against a plain Lanczos from the full
+# decode, 4.1-4.5 times 47-49 dB, and from 4.55 times on as close as the box shrink (docs/benchmarks.md).
+DECODE_GAP = 4.0
+
+# The size a caller will resize an image to, given the image's size: see `load_image`'s `final_size`.
+SizeRule = Callable[[tuple[int, int]], tuple[int, int]]
 
 # The decoders strangers' files may reach. Pillow knows dozens more (EPS even runs Ghostscript); none of
 # them is worth the attack surface for photos. MPO is how Pillow names many phone JPEGs.
@@ -86,6 +100,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     scale_down: int = 1,
+    final_size: SizeRule | None = None,
 ) -> Image.Image:
     """Decode `data` into a new, fully loaded RGB image in sRGB with the EXIF orientation applied.
 
@@ -96,6 +111,12 @@ def load_image(
     `scale_down` (2, 4 or 8) lets a JPEG decode at that fraction of its size, in about half the time at
     8: libjpeg still reads every coefficient, so a damaged or truncated file is refused all the same. It
     is for checking an upload, not for using it; other formats decode in full.
+
+    `final_size` is for using it: the size the caller will resize the image to, given its stored size
+    (before the EXIF rotation; `fitted_size` and `area_size` answer alike either way round). A JPEG at
+    least twice `DECODE_GAP` times that decodes at the reduced scale (1/2, 1/4 or 1/8) that still keeps
+    `DECODE_GAP` times it, so the caller's resize gives the same picture as from a full decode, in less
+    time and a fraction of the memory: a 24-megapixel photo for a 512-pixel result decodes at half size.
     """
     if len(data) > max_bytes:
         raise FileTooLarge(_file_too_large(len(data), max_bytes))
@@ -127,6 +148,8 @@ def load_image(
         try:
             if scale_down > 1:
                 image.draft(None, (max(1, width // scale_down), max(1, height // scale_down)))
+            elif final_size is not None:
+                _draft_for(image, final_size((width, height)))
             image.load()  # refuses truncated files: LOAD_TRUNCATED_IMAGES stays False
             _apply_orientation(image)
             result = _to_srgb(image)
@@ -140,7 +163,16 @@ def load_image(
     return result
 
 
-def load_job_image(data: bytes, index: int, **options: int) -> Image.Image:
+def _draft_for(image: Image.Image, target: tuple[int, int]) -> None:
+    """Let a JPEG decode at the smallest DCT scale that keeps `DECODE_GAP` times `target` (a no-op for
+    other formats, and when no scale of 1/2 or less keeps that much)."""
+    width, height = image.size
+    wanted = (math.ceil(target[0] * DECODE_GAP), math.ceil(target[1] * DECODE_GAP))
+    if width >= 2 * wanted[0] and height >= 2 * wanted[1]:
+        image.draft(None, wanted)  # Pillow picks the largest power-of-two scale that keeps `wanted`
+
+
+def load_job_image(data: bytes, index: int, **options: Any) -> Image.Image:
     """`load_image` for image `index` of a job (0 is the content, then the styles); an error names it."""
     try:
         return load_image(data, **options)
@@ -149,7 +181,11 @@ def load_job_image(data: bytes, index: int, **options: int) -> Image.Image:
 
 
 def load_image_file(
-    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    final_size: SizeRule | None = None,
 ) -> Image.Image:
     """`load_image` for a file; the size is checked with stat() before a byte is read.
 
@@ -171,7 +207,7 @@ def load_image_file(
     except OSError as exc:
         raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        return load_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+        return load_image(data, max_pixels=max_pixels, max_bytes=max_bytes, final_size=final_size)
     except ImageError as exc:
         raise type(exc)(f"{path}: {exc}") from exc.__cause__
 
@@ -357,15 +393,20 @@ def fit_within(image: Image.Image, max_side: int) -> Image.Image:
 
     Returns `image` itself when it already fits.
     """
+    size = fitted_size(image.size, max_side)
+    return image if size == image.size else _resize(image, size)
+
+
+def fitted_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size `fit_within` gives an image of `size`."""
     if max_side < 1:
         raise ValueError(f"max_side must be at least 1, got {max_side}")
-    width, height = image.size
+    width, height = size
     longest = max(width, height)
     if longest <= max_side:
-        return image
+        return size
     scale = max_side / longest
-    size = (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
-    return _resize(image, size)
+    return (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
 
 
 def scale_to_area(image: Image.Image, area: int) -> Image.Image:
@@ -373,25 +414,39 @@ def scale_to_area(image: Image.Image, area: int) -> Image.Image:
 
     Returns `image` itself when it already has that size.
     """
+    size = area_size(image.size, area)
+    return image if size == image.size else _resize(image, size)
+
+
+def fit_rule(max_side: int) -> SizeRule:
+    """`load_image`'s `final_size` for an image that will be fitted within `max_side` (`fit_within`)."""
+    return partial(fitted_size, max_side=max_side)
+
+
+def same_area_rule(size: tuple[int, int]) -> SizeRule:
+    """`load_image`'s `final_size` for an image that will be scaled to the area of `size` (`scale_to_area`),
+    as NST scales its style images to the fitted content's."""
+    return partial(area_size, area=size[0] * size[1])
+
+
+def area_size(size: tuple[int, int], area: int) -> tuple[int, int]:
+    """The size `scale_to_area` gives an image of `size`."""
     if area < 1:
         raise ValueError(f"area must be at least 1, got {area}")
-    width, height = image.size
+    width, height = size
     scale = math.sqrt(area / (width * height))
     new_width, new_height = round(width * scale), round(height * scale)
     # A sliver would round one side to 0: keep 1 px there and give the area to the other side.
     if new_width < 1:
-        new_width, new_height = 1, max(1, area)
-    elif new_height < 1:
-        new_width, new_height = max(1, area), 1
-    if (new_width, new_height) == (width, height):
-        return image
-    return _resize(image, (new_width, new_height))
+        return 1, max(1, area)
+    if new_height < 1:
+        return max(1, area), 1
+    return new_width, new_height
 
 
 def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    # reducing_gap: a cheap box pre-shrink for big reductions; the result is indistinguishable from plain
-    # Lanczos and several times faster on 40-megapixel photos.
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    # Several times faster than plain Lanczos on 40-megapixel photos (see RESIZE_GAP).
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_GAP)
 
 
 def reflect_pad_to_multiple(array: np.ndarray, multiple: int = 4) -> tuple[np.ndarray, tuple[int, int]]:

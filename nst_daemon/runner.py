@@ -24,11 +24,26 @@ from nst_daemon.manifest import runnable_path
 log = logging.getLogger(__name__)
 
 
-def decode_inputs(images: list[bytes], settings: Settings) -> list[Image.Image]:
-    """A job's stored images, decoded in full. The queue checked them at intake; an error here (the
-    limits were lowered since, or memory ran out) still names the image at fault."""
+def decode_inputs(
+    images: list[bytes], settings: Settings, *, max_side: int | None = None
+) -> list[Image.Image]:
+    """A job's stored images (the content, then the styles), decoded. The queue checked them at intake;
+    an error here (the limits were lowered since, or memory ran out) still names the image at fault.
+
+    With `max_side`, the engine's: both engines fit the content within it, and NST scales each style to
+    the fitted content's area, so a large JPEG decodes no larger than that needs (`imaging.load_image`'s
+    `final_size`). Without it, every image decodes in full."""
     limits = settings.images.limits
-    return [imaging.load_job_image(data, index, **limits) for index, data in enumerate(images)]
+    if max_side is None:
+        return [imaging.load_job_image(data, index, **limits) for index, data in enumerate(images)]
+    content_data, *style_data = images
+    content = imaging.load_job_image(content_data, 0, **limits, final_size=imaging.fit_rule(max_side))
+    to_area = imaging.same_area_rule(imaging.fitted_size(content.size, max_side))
+    styles = [
+        imaging.load_job_image(data, index, **limits, final_size=to_area)
+        for index, data in enumerate(style_data, start=1)
+    ]
+    return [content, *styles]
 
 
 class EngineRunner:
@@ -75,13 +90,19 @@ class EngineRunner:
         progress: ProgressFn,
         cancel: threading.Event,
     ) -> RunResult:
-        content_image, *style_images = decode_inputs([content, *styles], self.settings)
+        max_side = self._max_side(job)
+        content_image, *style_images = decode_inputs([content, *styles], self.settings, max_side=max_side)
         if job.engine == "cyclegan":
-            return self._run_cyclegan(job, content_image, progress, cancel)
-        return self._run_nst(job, content_image, style_images, progress, cancel)
+            return self._run_cyclegan(job, content_image, max_side, progress, cancel)
+        return self._run_nst(job, content_image, style_images, max_side, progress, cancel)
+
+    def _max_side(self, job: Job) -> int:
+        """The longest side of the job's result: its own setting, else its engine's configured one."""
+        engine = self.settings.cyclegan if job.engine == "cyclegan" else self.settings.nst
+        return int(job.params.get("max_side") or engine.max_side)
 
     def _run_cyclegan(
-        self, job: Job, content: Image.Image, progress: ProgressFn, cancel: threading.Event
+        self, job: Job, content: Image.Image, max_side: int, progress: ProgressFn, cancel: threading.Event
     ) -> RunResult:
         style = job.styles[0] if job.styles else ""
         model = STYLE_MODELS.get(style)
@@ -89,7 +110,6 @@ class EngineRunner:
             raise UnknownStyle(style, list(STYLE_MODELS))
         engine = self._engine(model)
         progress(0.05)
-        max_side = int(job.params.get("max_side") or self.settings.cyclegan.max_side)
         image = engine.stylize(content, max_side=max_side, cancel=cancel)
         progress(1.0)
         return RunResult(
@@ -101,6 +121,7 @@ class EngineRunner:
         job: Job,
         content: Image.Image,
         styles: list[Image.Image],
+        max_side: int,
         progress: ProgressFn,
         cancel: threading.Event,
     ) -> RunResult:
@@ -109,7 +130,7 @@ class EngineRunner:
         engine = self._engine("vgg19")
         options = NSTOptions.from_preset(
             job.params.get("preset") or self.settings.nst.preset,
-            max_side=int(job.params.get("max_side") or self.settings.nst.max_side),
+            max_side=max_side,
             preserve_colors=bool(job.params.get("preserve_colors", False)),
             optimizer=self.settings.nst.optimizer,
             seed=self.settings.nst.seed,

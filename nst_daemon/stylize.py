@@ -50,25 +50,23 @@ def run(
             raise UnknownStyle(style, CYCLEGAN_STYLES)
         if preserve_colors:
             raise NstdError("--preserve-colors applies to NST (--style-image) only")
+        side = max_side or settings.cyclegan.max_side
         # The inputs first: a mistyped path should not send the user to pull a model before saying so.
-        content = imaging.load_image_file(input, **limits)
+        # A large photo decodes no larger than the engine's fit needs (see runner.decode_inputs).
+        content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
         model = runnable_path(models_dir, STYLE_MODELS[key])
         if preset is not None:
             console.print(f"note: --preset applies to NST only; {key} is a pretrained style", style="dim")
         result, used = _cyclegan(
-            model,
-            content,
-            max_side or settings.cyclegan.max_side,
-            device or settings.cyclegan.device,
-            settings.cyclegan.cpu_threads,
+            model, content, side, device or settings.cyclegan.device, settings.cyclegan.cpu_threads
         )
     else:
-        content = imaging.load_image_file(input, **limits)
-        styles = [imaging.load_image_file(path, **limits) for path in style_images]
+        side = max_side or settings.nst.max_side
+        content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
+        to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
+        styles = [imaging.load_image_file(path, **limits, final_size=to_area) for path in style_images]
         model = runnable_path(models_dir, NST_BACKBONE)
-        result, used = _nst(
-            settings, model, content, styles, preset, max_side, device, preserve_colors, console
-        )
+        result, used = _nst(settings, model, content, styles, preset, side, device, preserve_colors, console)
 
     _write(output, imaging.encode_image(result, output_format))
     elapsed = time.perf_counter() - started

@@ -1,6 +1,6 @@
 """Daemon overhead: jobs through the real daemon and the loopback fake Bot API, idle memory, event-loop lag.
 
-    .venv/bin/python scripts/bench_daemon.py            # all three parts
+    .venv/bin/python scripts/bench_daemon.py            # all four parts
     .venv/bin/python scripts/bench_daemon.py --smoke    # tiny, for CI
 
 1. Throughput and added latency: an in-process `Daemon` with a no-op runner (it returns the content image
@@ -16,6 +16,10 @@
    runs jobs (`ProcessRunner`), then with the engines in the daemon's own process, as before
    (`EngineRunner` in the worker thread), for comparison. Neither place has imported torch or onnxruntime
    before its first job, so each cold job includes the import and model load as a fresh `nstd run` would.
+4. Large photos: what the engine process does with a camera-size JPEG before its engine starts (the decode
+   and the engine's fit to its max_side), in full as before and at the reduced JPEG scale that the fit
+   needs (`runner.decode_inputs(..., max_side=...)`). Each in a fresh interpreter, for its peak memory;
+   the PSNR compares the two fitted images.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -70,7 +75,10 @@ def jpeg(size: tuple[int, int], seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     coarse = rng.random((height // 32 + 2, width // 32 + 2, 3))
     image = Image.fromarray((coarse * 255).astype(np.uint8), "RGB").resize(size, Image.Resampling.BICUBIC)
-    grain = rng.normal(0, 3, (height, width, 3))
+    if width * height > 4_000_000:  # part 4: float64 grain would take gigabytes
+        grain = rng.standard_normal((height, width, 3), dtype=np.float32) * 3
+    else:  # parts 1-3 keep the same photos as earlier rounds
+        grain = rng.normal(0, 3, (height, width, 3))
     buffer = io.BytesIO()
     Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8), "RGB").save(
         buffer, "JPEG", quality=90
@@ -696,6 +704,87 @@ class ThreadsRunner:
         return self.inner.unload_idle(idle_s)
 
 
+# --- 4. large photos: the decode before the engine ----------------------------------------------------------
+
+# One way in a fresh interpreter: the stored JPEG to the image the engine starts from (fitted within its
+# max_side, as both engines do first), `repeats` times; peak memory over the first. A tiny image first
+# takes `load_image`'s one-time setup (pillow-heif's registration, the sRGB profile) out of the timing.
+_DECODE_CODE = """
+import json, sys, time
+sys.path.insert(0, {scripts!r})
+import numpy as np
+import bench_common as bc
+from nst_daemon import imaging
+from nst_daemon.config import Settings
+from nst_daemon.runner import decode_inputs
+data = open({photo!r}, "rb").read()
+settings = Settings.model_validate({{}})
+from PIL import Image
+imaging.load_image(imaging.encode_image(Image.new("RGB", (8, 8))))  # first-use setup (HEIF, colour) out
+seconds, decoded = [], None
+bc.reset_peak_rss()
+before = bc.proc_status_mb("VmRSS")
+for _ in range({repeats}):
+    started = time.perf_counter()
+    (image,) = decode_inputs([data], settings, max_side={hint})
+    fitted = imaging.fit_within(image, {side})
+    seconds.append(time.perf_counter() - started)
+    if decoded is None:
+        decoded, peak = image.size, bc.proc_status_mb("VmHWM") - before
+    del image
+np.save({out!r}, np.asarray(fitted))
+print(json.dumps({{"seconds": seconds, "decoded": decoded, "fitted": fitted.size, "peak_added_mb": peak}}))
+"""
+
+
+def psnr(first: Any, second: Any) -> float | None:
+    """PSNR in dB of two uint8 arrays; None when their shapes differ, infinity when they are equal."""
+    if first.shape != second.shape:
+        return None
+    error = float(((first.astype("float64") - second) ** 2).mean())
+    return math.inf if error == 0 else 10 * math.log10(255**2 / error)
+
+
+def bench_large_photos(
+    photos: list[tuple[int, int]], fits: list[tuple[str, int]], repeats: int
+) -> list[dict[str, Any]]:
+    """Each photo for each engine's max_side: decoded in full, then at the scale the fit needs."""
+    import numpy as np
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
+        for size in photos:
+            photo = Path(tmp) / f"{size[0]}x{size[1]}.jpg"
+            photo.write_bytes(jpeg(size, seed=2))
+            for engine, side in fits:
+                bc.log(f"large photo {size[0]}x{size[1]} for {engine} at {side}")
+                runs = {}
+                for way, hint in (("full", None), ("reduced", side)):
+                    out = Path(tmp) / f"{way}.npy"
+                    code = _DECODE_CODE.format(
+                        scripts=str(Path(__file__).parent), photo=str(photo), repeats=repeats, hint=hint,
+                        side=side, out=str(out),
+                    )  # fmt: skip
+                    proc = subprocess.run(
+                        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
+                    )
+                    runs[way] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "array": np.load(out)}
+                row: dict[str, Any] = {
+                    "photo": list(size),
+                    "megapixels": size[0] * size[1] / 1e6,
+                    "jpeg_mb": photo.stat().st_size / bc.MB,
+                    "engine": engine,
+                    "max_side": side,
+                    "psnr_db": psnr(runs["full"].pop("array"), runs["reduced"].pop("array")),
+                }
+                for way, run in runs.items():
+                    row[f"{way}_ms"] = bc.median(run["seconds"]) * 1000
+                    row[f"{way}_first_ms"] = run["seconds"][0] * 1000
+                    row.update({f"{way}_{key}": run[key] for key in ("decoded", "fitted", "peak_added_mb")})
+                rows.append(row)
+    return rows
+
+
 # --- main ---------------------------------------------------------------------------------------------------
 
 
@@ -706,7 +795,9 @@ def main(argv: list[str] | None = None) -> int:
         "--burst", type=int, default=0, help="photos sent at once for throughput (default 60)"
     )
     parser.add_argument("--users", type=int, default=10, help="distinct users in the burst")
-    parser.add_argument("--parts", default="bot,idle,lag", help="which parts to run (bot, idle, lag)")
+    parser.add_argument(
+        "--parts", default="bot,idle,lag,large", help="which parts to run (bot, idle, lag, large)"
+    )
     parser.add_argument(
         "--fake-server",
         choices=("process", "thread", "both"),
@@ -802,6 +893,12 @@ def main(argv: list[str] | None = None) -> int:
         bc.write_json(args.json, payload)
     if "lag" in parts:
         payload["lag"] = asyncio.run(bench_loop_lag(phases, lag_photo))
+        bc.write_json(args.json, payload)
+    if "large" in parts:
+        # 24 and 39 megapixels: phone and camera photos, the latter just under images.max_pixels (40).
+        large = [(800, 600)] if args.smoke else [(6000, 4000), (7680, 5120)]
+        fits = [("NST", 48), ("CycleGAN", 96)] if args.smoke else [("NST", 512), ("CycleGAN", 1024)]
+        payload["large"] = bench_large_photos(large, fits, repeats=1 if args.smoke else 3)
     payload["machine"] = {
         **payload["machine"],
         **{k: v for k, v in bc.machine_info().items() if k in ("torch", "onnxruntime")},
@@ -892,6 +989,39 @@ def main(argv: list[str] | None = None) -> int:
                         r["state"],
                     ]
                     for r in payload["lag"]
+                ],
+            )
+        )
+    if "large" in payload:
+        tables.append(
+            (
+                "Large photos: decode and fit before the engine, in full against at the scale the fit needs",
+                [
+                    "photo",
+                    "engine, max_side",
+                    "full: decoded",
+                    "ms",
+                    "peak +MB",
+                    "reduced: decoded",
+                    "ms",
+                    "peak +MB",
+                    "speedup",
+                    "PSNR dB",
+                ],
+                [
+                    [
+                        f"{r['photo'][0]}x{r['photo'][1]} ({r['jpeg_mb']:.1f} MB)",
+                        f"{r['engine']}, {r['max_side']}",
+                        "x".join(map(str, r["full_decoded"])),
+                        r["full_ms"],
+                        r["full_peak_added_mb"],
+                        "x".join(map(str, r["reduced_decoded"])),
+                        r["reduced_ms"],
+                        r["reduced_peak_added_mb"],
+                        bc.ratio(r["full_ms"], r["reduced_ms"]),
+                        r["psnr_db"],
+                    ]
+                    for r in payload["large"]
                 ],
             )
         )

@@ -76,6 +76,23 @@ def installed_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of every image `imaging.load_image` decodes in this process while the test runs."""
+    from nst_daemon import imaging
+
+    sizes: list[tuple[int, int]] = []
+    real_load = imaging.load_image
+
+    def recording_load(*args: Any, **kwargs: Any) -> Any:
+        image = real_load(*args, **kwargs)
+        sizes.append(image.size)
+        return image
+
+    monkeypatch.setattr(imaging, "load_image", recording_load)
+    return sizes
+
+
+@pytest.fixture
 def daemon_config(tmp_path: Path, installed_models_dir: Path) -> Callable[..., Path]:
     """Write a config.toml for a daemon under tmp_path with tiny sizes; sections override the defaults."""
 

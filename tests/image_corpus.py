@@ -38,6 +38,29 @@ def noisy_jpeg(size: tuple[int, int] = (256, 192), seed: int = 0) -> bytes:
     return encode(Image.fromarray(pixels, "RGB"), "JPEG", quality=90)
 
 
+def noisy_photo(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A photo-like JPEG: smooth colour fields with fine grain, for comparing decodes by PSNR."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    fields = rng.integers(0, 256, (height // 64 + 2, width // 64 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(fields, "RGB").resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    grain = rng.normal(0, 6, (height, width, 3)).astype(np.int16)
+    return encode(
+        Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8), "RGB"), "JPEG", quality=92
+    )
+
+
+def zone_plate_jpeg(size: tuple[int, int]) -> bytes:
+    """A JPEG made to alias: a zone plate (every frequency up to the finest) and fine stripes. Where a
+    downscale's pre-filter falls short, this is where it shows."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rings = np.cos(((x - width / 2) ** 2 + (y - height / 2) ** 2) / (width * 1.3))
+    channels = [rings, np.sin(x / 1.7), np.sin((x + y) / 2.3)]
+    pixels = np.stack([127.5 + 127.5 * channel for channel in channels], axis=-1).astype(np.uint8)
+    return encode(Image.fromarray(pixels, "RGB"), "JPEG", quality=92)
+
+
 def truncated_jpeg() -> bytes:
     data = noisy_jpeg()
     return data[: len(data) // 2]
@@ -50,10 +73,10 @@ def marked(size: tuple[int, int] = (60, 30), block: int = 12) -> Image.Image:
     return image
 
 
-def exif_rotated_jpeg(orientation: int, size: tuple[int, int] = (60, 30)) -> bytes:
+def exif_rotated_jpeg(orientation: int, size: tuple[int, int] = (60, 30), block: int = 12) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return encode(marked(size), "JPEG", quality=95, exif=exif.tobytes())
+    return encode(marked(size, block), "JPEG", quality=95, exif=exif.tobytes())
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -115,3 +115,10 @@ def test_bench_daemon_smoke(tmp_path: Path) -> None:
     assert {row["place"] for row in payload["lag"]} == {"engine process", "daemon"}
     assert [t for t in payload["targets"] if "loop lag" in t["label"]], "the lag target is judged"
     assert all(positive(row["lag_p99_ms"]) for row in payload["lag"])
+    # Part 4: a large JPEG decodes smaller where the engine's fit allows it, to the same picture.
+    assert [(row["engine"], row["max_side"]) for row in payload["large"]] == [("NST", 48), ("CycleGAN", 96)]
+    for row in payload["large"]:
+        assert row["full_decoded"] == [800, 600] and row["reduced_decoded"] in ([200, 150], [400, 300])
+        assert row["full_fitted"] == row["reduced_fitted"]
+        assert positive(row["full_ms"]) and positive(row["reduced_ms"]) and row["psnr_db"] > 40
+    assert "Large photos" in stdout

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import image_corpus as corpus
 import numpy as np
 import pytest
 from conftest import wait_until
@@ -111,6 +112,34 @@ def test_the_runner_decodes_within_the_configured_limits(settings: Settings) -> 
     small = settings.model_copy(update={"images": ImagesSettings(max_pixels=300 * 200 - 1)})
     with pytest.raises(imaging.ImageTooLarge, match=r"^the content image: image is 300×200"):
         decode_inputs([big], small)
+
+
+def test_a_large_photo_decodes_no_larger_than_its_engine_needs(
+    settings: Settings, decoded_sizes: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content, style = corpus.noisy_photo((2400, 1600)), corpus.noisy_photo((2000, 2000), seed=1)
+    full = decode_inputs([content, style], settings)
+    assert [image.size for image in full] == [(2400, 1600), (2000, 2000)]
+    # Fitted within 256 the content is 256 × 171, and NST scales the style to that area (209 × 209):
+    # each decodes at the smallest scale that keeps four times its final size.
+    reduced = decode_inputs([content, style], settings, max_side=256)
+    assert [image.size for image in reduced] == [(1200, 800), (1000, 1000)]
+
+    decoded_sizes.clear()
+    runner = EngineRunner(settings)
+    # A CycleGAN job at the configured max_side (64): an eighth keeps 4 × 64 across.
+    result = runner.run(make_job(), content, [], lambda fraction: None, threading.Event())
+    assert decoded_sizes == [(300, 200)]
+    assert result.image.size == imaging.fitted_size((2400, 1600), 64) == (64, 43)
+    # An NST job at its own max_side: the engine gets the reduced images and that side.
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(EngineRunner, "_run_nst", lambda self, *args: calls.append(args))
+    job = make_job(engine="nst", styles=[])
+    job.params["max_side"] = 256
+    runner.run(job, content, [style], lambda fraction: None, threading.Event())
+    (_, content_image, style_images, max_side, _, _) = calls[0]
+    assert content_image.size == (1200, 800) and max_side == 256
+    assert [image.size for image in style_images] == [(1000, 1000)]
 
 
 def test_a_missing_model_is_the_pull_hint(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""`nstd stylize` end to end, as a user runs it: the console script in a subprocess."""
+"""`nstd stylize` end to end, as a user runs it: the console script in a subprocess (one test calls it in
+this process instead, to see what it decodes)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,38 @@ def test_stylize_module_does_not_import_torch() -> None:
     code = "import sys, nst_daemon.stylize, nst_daemon.engines; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_large_photo_decodes_no_larger_than_the_engine_needs(
+    config: Path, tmp_path: Path, decoded_sizes: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In this process, to see what was decoded: the speed and the memory are the point, not the output.
+    from rich.console import Console
+
+    from nst_daemon import stylize
+    from nst_daemon.config import load_settings
+
+    content, style = tmp_path / "big.jpg", tmp_path / "style.jpg"
+    random_image((1600, 1200), seed=1).save(content, quality=90)
+    random_image((1600, 1600), seed=2).save(style, quality=90)
+    settings = load_settings(config, environ={})
+    options = {"preset": None, "device": None, "preserve_colors": False, "console": Console(quiet=True)}
+
+    output = tmp_path / "monet.jpg"
+    stylize.run(settings, content, output, style="monet", style_images=[], max_side=None, **options)
+    assert decoded_sizes == [(400, 300)]  # a quarter keeps 4 × the configured 64 across
+    with Image.open(output) as image:
+        assert image.size == (64, 48)
+
+    decoded_sizes.clear()
+    nst_calls: list[tuple[object, ...]] = []
+
+    def recording_nst(*args: object) -> tuple[Image.Image, str]:
+        nst_calls.append(args)
+        return Image.new("RGB", (1, 1)), "cpu"
+
+    monkeypatch.setattr(stylize, "_nst", recording_nst)
+    stylize.run(settings, content, output, style=None, style_images=[style], max_side=200, **options)
+    # Fitted within 200 the content is 200 × 150; the style goes to that area, 173 × 173.
+    assert decoded_sizes == [(800, 600), (800, 800)]
+    assert nst_calls[0][5] == 200  # max_side: the engine runs at the side the decode was sized for
