@@ -713,13 +713,13 @@ _DECODE_CODE = """
 import json, sys, time
 sys.path.insert(0, {scripts!r})
 import numpy as np
+from PIL import Image
 import bench_common as bc
 from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.runner import decode_inputs
 data = open({photo!r}, "rb").read()
 settings = Settings.model_validate({{}})
-from PIL import Image
 imaging.load_image(imaging.encode_image(Image.new("RGB", (8, 8))))  # first-use setup (HEIF, colour) out
 seconds, decoded = [], None
 bc.reset_peak_rss()
