@@ -32,6 +32,7 @@ from nst_daemon import gpu
 from nst_daemon.config import ConfigError, Settings, load_settings, mask_token
 from nst_daemon.errors import NstdError
 from nst_daemon.logs import redactor
+from nst_daemon.wording import plural
 
 log = logging.getLogger(__name__)
 Status = Literal["ok", "warning", "error"]
@@ -366,7 +367,7 @@ def check_torch(
         build = "CPU build" if facts.cpu_build else f"CUDA {facts.cuda} build"
         count = configured_threads or facts.cpu_threads
         source = "nst.cpu_threads" if configured_threads else "torch's default; nst.cpu_threads sets it"
-        threads = f"{count} thread{'' if count == 1 else 's'} ({source})"
+        threads = f"{count} thread{plural(count)} ({source})"
         return ok(name, f"torch {facts.version} ({build}); no GPU to use, running on the CPU with {threads}")
     cc_text = gpu.format_cc(cc) if cc else "unknown"
     if facts.cpu_build:

@@ -29,6 +29,7 @@ from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, NstdError
 from nst_daemon.store import get_bytes
+from nst_daemon.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class QueueFull(NstdError):
 class UserBusy(NstdError):
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"you already have {limit} job{'s' if limit != 1 else ''} waiting or running; "
+            f"you already have {limit} job{plural(limit)} waiting or running; "
             "wait for one to finish or cancel it"
         )
 

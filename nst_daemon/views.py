@@ -10,6 +10,8 @@ import sqlite_utils
 from rich.console import Console
 from rich.table import Table
 
+from nst_daemon.wording import plural
+
 
 def _age(timestamp: float | None) -> str:
     if not timestamp:
@@ -52,7 +54,7 @@ def _origin(source: str, owner: str) -> str:
 def _styles(engine: str, styles: list[str]) -> str:
     if engine == "cyclegan":
         return ", ".join(styles)
-    return f"NST, {len(styles)} style image{'s' if len(styles) != 1 else ''}"
+    return f"NST, {len(styles)} style image{plural(len(styles))}"
 
 
 def print_users(db: sqlite_utils.Database, configured: list[int], console: Console) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.wording import plural as plural  # the routers read it here, beside the sentences
 
 STYLE_NAMES = {
     "monet": "Monet",
@@ -189,10 +190,6 @@ NOT_ALLOWED = (
     "If you know the owner, ask them to allow you with:\nnstd users add {user_id}"
 )
 NOT_ALLOWED_SHORT = "This is a private bot."
-
-
-def plural(count: int) -> str:
-    return "" if count == 1 else "s"
 
 
 def human_size(size: int) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from nst_daemon.engines import DeviceError
+from nst_daemon.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def describe_torch_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
     threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({threads} thread{plural(threads)})"
 
 
 def nvidia_driver_present() -> bool:
