@@ -29,7 +29,7 @@ from rich.table import Table
 import nst_daemon
 from nst_daemon import download
 from nst_daemon.config import Settings
-from nst_daemon.errors import NstdError
+from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir, fsync_dir
 from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
 
@@ -549,8 +549,7 @@ def _load_failure(exc: Exception) -> str:
         if "global" in finding.lower():
             return f"it holds pickled Python objects, not only tensors; nstd loads weights only: {finding}"
         return f"torch cannot read it: {finding}" if finding else "torch cannot read it"
-    first_line = text.splitlines()[0] if text else ""
-    return f"torch cannot read it: {type(exc).__name__}{f': {first_line}' if first_line else ''}"
+    return f"torch cannot read it: {describe_failure(exc)}"
 
 
 def _ensure_models_dir(settings: Settings) -> Path:

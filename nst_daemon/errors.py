@@ -30,3 +30,12 @@ class Cancelled(NstdError):
 
     def __init__(self, message: str = "cancelled") -> None:
         super().__init__(message)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Any exception in one line: its type and the first line of its message, so a log or an error says
+    why (a refused connection, a proxy, a corrupt file), not only that something failed. A bot token in
+    it never reaches a log: the log redacts it."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

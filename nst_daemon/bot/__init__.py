@@ -36,14 +36,14 @@ from nst_daemon.bot.context import Services
 from nst_daemon.bot.delivery import TelegramDeliverer
 from nst_daemon.bot.pinned_responses import PinResponseTypes
 from nst_daemon.bot.ratelimit import RateLimiter
-from nst_daemon.bot.retry import RetryMiddleware, describe_failure
+from nst_daemon.bot.retry import RetryMiddleware
 from nst_daemon.bot.routers import all_routers
 from nst_daemon.bot.routers.access import AccessMiddleware
 from nst_daemon.bot.starter import JobStarter
 from nst_daemon.bot.status_messages import JobProgress, StatusEditor
 from nst_daemon.bot.storage import SQLiteStorage
 from nst_daemon.config import Settings
-from nst_daemon.errors import NstdError
+from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.jobs import JobQueue
 
 __all__ = ["BotService"]

@@ -24,6 +24,8 @@ from aiogram.exceptions import (
 from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import Response
 
+from nst_daemon.errors import describe_failure
+
 log = logging.getLogger(__name__)
 
 # Transient failures: the network, a 5xx, or a proxy's HTML error page instead of JSON.
@@ -68,11 +70,3 @@ class RetryMiddleware(BaseRequestMiddleware):
                 delay = self.network_delays[min(failures, len(self.network_delays)) - 1]
                 log.warning("telegram %s: %s; retrying in %.1f s", name, describe_failure(exc), delay)
                 await asyncio.sleep(delay)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """The error's type and the first line of its message, so a log says why (a refused connection, a
-    DNS failure, a proxy), not only that something failed. The token never appears: the log redacts it."""
-    text = str(getattr(exc, "message", "") or exc).strip()
-    first = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
