@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.filesize import decimal
 from rich.markup import escape
@@ -38,6 +39,8 @@ SIZE_CAP_FACTOR = 1.5
 LOCK_DIR = ".locks"
 _HASH_CHUNK = 1 << 20
 _PINNED_LABELS = {"catalog": "catalog sha256", "tofu": "first use (tofu)", "import": "import"}
+# The same in `models list`, where the column must fit 80 columns; the README explains each word.
+_PINNED_SHORT = {"catalog": "catalog", "tofu": "tofu", "import": "import"}
 
 
 class CatalogError(NstdError):
@@ -652,28 +655,31 @@ def _sha256_file(path: Path) -> str:
 
 
 def print_list(settings: Settings, console: Console) -> None:
-    """A table of catalog models: installed or not, size, short sha256, how it is pinned, runnable file."""
+    """A table of catalog models: installed or not (and how it is pinned), size, short sha256.
+
+    It fits 80 columns without cutting a value: the names, styles, sizes and digests never wrap, and only
+    the installed column (where a problem is explained) wraps, at word boundaries."""
     models_dir = settings.paths.models_dir
     catalog = get_catalog(settings)
     manifest = read_manifest(models_dir)
-    table = Table(title=f"models in {models_dir}", title_justify="left")
-    for column in ("name", "style", "installed", "size", "sha256", "verified", "runnable"):
-        table.add_column(column, no_wrap=column in ("name", "sha256"))
+    table = Table(
+        title=f"models in {models_dir}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+        pad_edge=False,
+    )  # fmt: skip
+    for column in ("name", "style", "installed", "size", "sha256"):
+        table.add_column(column, no_wrap=column != "installed", ratio=1 if column == "installed" else None)
     statuses = {status.name: status for status in installed_status(settings)}
     for entry in catalog.values():
         status = statuses[entry.name]
         record = manifest.get(entry.name)
         if status.installed and record is not None:
-            installed = "[green]yes[/]"
+            installed = f"[green]yes[/], {_PINNED_SHORT.get(record.pinned, record.pinned)}"
             size, digest = decimal(record.size), record.sha256[:12]
-            verified = _PINNED_LABELS.get(record.pinned, record.pinned)
-            runnable = record.runnable
         else:
-            installed = f"[yellow]no[/] ({escape(status.problem)})" if status.problem else "no"
+            installed = f"[yellow]no[/]: {escape(status.problem)}" if status.problem else "no"
             approx = "" if entry.size_exact else "~"
             size, digest = approx + decimal(entry.size), (entry.sha256 or "")[:12] or "-"
-            verified, runnable = "-", "-"
-        table.add_row(entry.name, entry.style or "(NST)", installed, size, digest, verified, runnable)
+        table.add_row(entry.name, entry.style or "(NST)", installed, size, digest)
     console.print(table)
 
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from nst_daemon import __version__
 from nst_daemon.config import ConfigError, Settings, load_settings
 from nst_daemon.errors import NstdError
 from nst_daemon.logs import redactor, setup_logging
+from nst_daemon.terminal import make_console
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 app = typer.Typer(
     help="nstd: a self-hosted neural style transfer daemon (Telegram bot, watched folder, command line).",
@@ -163,7 +163,13 @@ def models_import(
 def stylize(
     input: Annotated[Path, typer.Argument(help="Content image.", dir_okay=False)],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the result (.jpg or .png).", metavar="PATH")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the result: a .jpg or .png file, or a folder (PHOTO.STYLE.jpg in it).",
+            metavar="PATH",
+        ),
     ],
     style: Annotated[
         str | None,
@@ -184,6 +190,9 @@ def stylize(
     preserve_colors: Annotated[
         bool, typer.Option("--preserve-colors", help="NST: keep the content's colours.", metavar="")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the output file if it exists.", metavar="")
+    ] = False,
 ) -> None:
     """Stylize one image with a pretrained style or with style images (multi-style NST)."""
     from nst_daemon import stylize as stylize_command
@@ -199,6 +208,8 @@ def stylize(
         device=device.value if device else None,
         preserve_colors=preserve_colors,
         console=console,
+        force=force,
+        progress_console=err_console,
     )
 
 

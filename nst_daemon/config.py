@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from nst_daemon.errors import NstdError
+from nst_daemon.style_names import normalize_style
 
 ENV_PREFIX = "NSTD_"
 CYCLEGAN_STYLES = ("monet", "cezanne", "ukiyoe", "vangogh", "summer2winter", "winter2summer")
@@ -54,7 +55,7 @@ class TelegramSettings(_Section):
     @field_validator("default_style")
     @classmethod
     def _known_style(cls, value: str) -> str:
-        value = value.strip().lower()
+        value = normalize_style(value)
         if value and value not in CYCLEGAN_STYLES:
             raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)} or empty")
         return value

@@ -17,6 +17,7 @@ from PIL import Image
 from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.engines import STYLE_MODELS
+from nst_daemon.engines.presets import working_side
 from nst_daemon.errors import UnknownStyle
 from nst_daemon.jobs import Job, ProgressFn, RunResult
 from nst_daemon.manifest import runnable_path
@@ -97,9 +98,9 @@ class EngineRunner:
         return self._run_nst(job, content_image, style_images, max_side, progress, cancel)
 
     def _max_side(self, job: Job) -> int:
-        """The longest side of the job's result: its own setting, else its engine's configured one."""
-        engine = self.settings.cyclegan if job.engine == "cyclegan" else self.settings.nst
-        return int(job.params.get("max_side") or engine.max_side)
+        """The longest side of the job's result: its own setting, else its preset's within the cap."""
+        preset, explicit = job.params.get("preset"), job.params.get("max_side")
+        return working_side(self.settings, job.engine, preset=preset, explicit=explicit)
 
     def _run_cyclegan(
         self, job: Job, content: Image.Image, max_side: int, progress: ProgressFn, cancel: threading.Event

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon.engines.presets import working_side
 from nst_daemon.errors import NstdError, UnknownStyle
-from nst_daemon.fsutil import write_atomic
 from nst_daemon.manifest import runnable_path
+from nst_daemon.output_file import check_output, resolve_output, write_output
+from nst_daemon.style_names import normalize_style
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,25 +34,31 @@ def run(
     device: str | None,
     preserve_colors: bool,
     console: Console,
+    force: bool = False,
+    progress_console: Console | None = None,
 ) -> None:
+    """`progress_console` (stderr) shows a progress bar or a spinner, only when it is a terminal: stdout
+    keeps its plain lines, the last of which is `wrote PATH (W×H) in S s on DEVICE`."""
     from nst_daemon import imaging
     from nst_daemon.engines import NST_BACKBONE, STYLE_MODELS
 
     if (style is None) == (not style_images):
         raise NstdError("give exactly one of --style STYLE or --style-image PATH (repeatable)")
+    key = normalize_style(style) if style is not None else None
+    if key is not None and key not in STYLE_MODELS:
+        raise UnknownStyle(style or "", CYCLEGAN_STYLES)
+    output = resolve_output(output, _default_name(input, key or "nst"))
     output_format = imaging.format_for_path(output)
-    _check_output_dir(output)
+    check_output(output, inputs=[input, *style_images], force=force)
     models_dir = settings.paths.models_dir
     limits = settings.images.limits
+    shown = progress_console if progress_console is not None and progress_console.is_terminal else None
 
     started = time.perf_counter()
-    if style is not None:
-        key = style.strip().lower()
-        if key not in STYLE_MODELS:
-            raise UnknownStyle(style, CYCLEGAN_STYLES)
+    if key is not None:
         if preserve_colors:
             raise NstdError("--preserve-colors applies to NST (--style-image) only")
-        side = max_side or settings.cyclegan.max_side
+        side = working_side(settings, "cyclegan", explicit=max_side)
         # The inputs first: a mistyped path should not send the user to pull a model before saying so.
         # A large photo decodes no larger than the engine's fit needs (see runner.decode_inputs).
         content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
@@ -58,33 +66,49 @@ def run(
         if preset is not None:
             console.print(f"note: --preset applies to NST only; {key} is a pretrained style", style="dim")
         result, used = _cyclegan(
-            model, content, side, device or settings.cyclegan.device, settings.cyclegan.cpu_threads
+            model, content, side, device or settings.cyclegan.device, settings.cyclegan.cpu_threads, shown
         )
     else:
-        side = max_side or settings.nst.max_side
+        preset = preset or settings.nst.preset
+        side = working_side(settings, "nst", preset=preset, explicit=max_side)
         content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
         to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
         styles = [imaging.load_image_file(path, **limits, final_size=to_area) for path in style_images]
         model = runnable_path(models_dir, NST_BACKBONE)
-        result, used = _nst(settings, model, content, styles, preset, side, device, preserve_colors, console)
+        result, used = _nst(
+            settings, model, content, styles, preset, side, device, preserve_colors, console, shown
+        )
 
-    _write(output, imaging.encode_image(result, output_format))
+    write_output(output, imaging.encode_image(result, output_format), force=force)
     elapsed = time.perf_counter() - started
     width, height = result.size
     console.print(f"wrote {output} ({width}×{height}) in {elapsed:.1f} s on {used}", highlight=False)
 
 
+def _default_name(input: Path, label: str) -> str:
+    """The file `-o FOLDER` gets: photo.jpg -> photo.monet.jpg (a PNG stays a PNG, all else is a JPEG)."""
+    suffix = input.suffix.lower() if input.suffix.lower() in (".jpg", ".jpeg", ".png") else ".jpg"
+    return f"{input.stem}.{label}{suffix}"
+
+
 def _cyclegan(
-    model: Path, content: Image.Image, max_side: int, device: str, cpu_threads: int
+    model: Path, content: Image.Image, max_side: int, device: str, cpu_threads: int, shown: Console | None
 ) -> tuple[Image.Image, str]:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from nst_daemon.engines.cyclegan import CycleGANEngine
 
     engine = CycleGANEngine(model, device=device, cpu_threads=cpu_threads)
-    engine.load()
-    try:
-        return engine.stylize(content, max_side=max_side), engine.provider
-    finally:
-        engine.unload()
+    # One pass of the generator reports no steps: a spinner with the elapsed time says it is working.
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=shown, transient=True, disable=shown is None) as spinner:
+        spinner.add_task("loading the model", total=None)
+        engine.load()
+        try:
+            spinner.update(spinner.task_ids[0], description=f"stylizing on {engine.provider}")
+            return engine.stylize(content, max_side=max_side), engine.provider
+        finally:
+            engine.unload()
 
 
 def _nst(
@@ -92,19 +116,20 @@ def _nst(
     model: Path,
     content: Image.Image,
     styles: list[Image.Image],
-    preset: str | None,
-    max_side: int | None,
+    preset: str,
+    max_side: int,
     device: str | None,
     preserve_colors: bool,
     console: Console,
+    shown: Console | None,
 ) -> tuple[Image.Image, str]:
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     from nst_daemon.engines.nst import NSTEngine, NSTOptions, NSTProgress
 
     options = NSTOptions.from_preset(
-        preset or settings.nst.preset,
-        max_side=max_side or settings.nst.max_side,
+        preset,
+        max_side=max_side,
         optimizer=settings.nst.optimizer,
         seed=settings.nst.seed,
         preserve_colors=preserve_colors,
@@ -112,17 +137,20 @@ def _nst(
     engine = NSTEngine(model, device=device or settings.nst.device, cpu_threads=settings.nst.cpu_threads)
     engine.load()
     console.print(
-        f"NST on {engine.device_name}: {len(styles)} style image(s), preset {preset or settings.nst.preset}"
+        f"NST on {engine.device_name}: {len(styles)} style image(s), preset {preset}, up to {max_side} px",
+        highlight=False,
     )
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("step {task.fields[step]}  loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
+        TextColumn("step {task.fields[step]}"),
+        TextColumn("left"),
+        TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("stylizing", total=1.0, step=0, loss="-")
+    # On stderr and only on a terminal: a pipe or a log gets the plain lines on stdout, nothing between.
+    with Progress(*columns, console=shown, transient=True, disable=shown is None) as bar:
+        task = bar.add_task("stylizing", total=1.0, step=0)
 
         def report(progress: NSTProgress) -> None:
             width, height = progress.size
@@ -130,7 +158,6 @@ def _nst(
                 task,
                 completed=progress.fraction,
                 step=progress.step,
-                loss=f"{progress.loss:.4g}",
                 description=f"scale {progress.scale + 1}/{progress.scales} {width}×{height}",
             )
 
@@ -141,18 +168,3 @@ def _nst(
     if result.oom_retries:
         console.print(f"note: ran out of GPU memory {result.oom_retries} time(s); worked at a smaller size")
     return result.image, result.device
-
-
-def _check_output_dir(output: Path) -> None:
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise NstdError(f"cannot write {output}: directory {parent} does not exist")
-    if output.is_dir():
-        raise NstdError(f"cannot write {output}: it is a directory")
-
-
-def _write(output: Path, data: bytes) -> None:
-    try:
-        write_atomic(output, data)
-    except OSError as exc:
-        raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None

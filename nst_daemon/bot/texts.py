@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.style_names import normalize_style as normalize_style  # the routers read it here
 from nst_daemon.wording import plural as plural  # the routers read it here, beside the sentences
 
 STYLE_NAMES = {
@@ -41,11 +40,6 @@ COMMANDS = {
 
 def style_name(style: str) -> str:
     return STYLE_NAMES.get(style, style)
-
-
-def normalize_style(text: str) -> str:
-    """'Van Gogh', 'VANGOGH', 'ukiyo-e' -> the catalog's style name (unknown text comes back squeezed)."""
-    return re.sub(r"[^a-z0-9]", "", text.strip().lower())
 
 
 def styles_inline() -> str:

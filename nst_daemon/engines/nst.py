@@ -24,6 +24,7 @@ from PIL import Image
 
 from nst_daemon.engines import Cancelled
 from nst_daemon.engines.device import describe_torch_device, resolve_torch_device
+from nst_daemon.engines.presets import PRESET_MAX_SIDE
 from nst_daemon.engines.vgg import VGG19Features, layer_index, load_vgg_state_dict, min_input_side
 from nst_daemon.errors import NstdError
 
@@ -149,11 +150,16 @@ class NSTOptions:
 PRESETS: dict[str, NSTOptions] = {
     # Quick previews, and the test suite on a CPU: two small scales, a tight budget.
     "fast": NSTOptions(
-        max_side=256, scales=(0.5, 1.0), max_steps=(40, 15), tolerance=5e-3, window=10, preset="fast"
+        max_side=PRESET_MAX_SIDE["fast"],
+        scales=(0.5, 1.0),
+        max_steps=(40, 15),
+        tolerance=5e-3,
+        window=10,
+        preset="fast",
     ),
-    "balanced": NSTOptions(preset="balanced"),
+    "balanced": NSTOptions(max_side=PRESET_MAX_SIDE["balanced"], preset="balanced"),
     "best": NSTOptions(
-        max_side=768,
+        max_side=PRESET_MAX_SIDE["best"],
         scales=(0.25, 0.5, 1.0),
         max_steps=(300, 300, 300),
         tolerance=5e-4,

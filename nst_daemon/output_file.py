@@ -1,0 +1,81 @@
+"""Writing a result where the user asked, without ever destroying one of their files.
+
+One rule for `nstd stylize -o` and `nstd jobs export -o`: the output is never one of the inputs (also not
+through a symbolic or a hard link: the inode decides), an existing file is replaced only with `--force`,
+and `-o` naming a folder writes a file of a derived name into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from nst_daemon.errors import NstdError
+from nst_daemon.fsutil import fsync_dir
+
+
+def resolve_output(output: Path, default_name: str) -> Path:
+    """`output`, or `output / default_name` when `output` is an existing folder; its folder must exist."""
+    if output.is_dir():
+        return output / default_name
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise NstdError(f"cannot write {output}: directory {parent} does not exist")
+    return output
+
+
+def check_output(output: Path, *, inputs: Iterable[Path] = (), force: bool = False) -> None:
+    """Refuse an output that is one of `inputs` (always), or that exists (unless `force`)."""
+    try:
+        target = os.stat(output)
+    except FileNotFoundError:
+        target = None
+    except OSError as exc:
+        raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if target is not None:
+        for path in inputs:
+            with contextlib.suppress(OSError):
+                source = os.stat(path)
+                if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino):
+                    raise NstdError(
+                        f"refusing to write {output}: it is the input {path}; choose another output file"
+                    )
+    if os.path.isdir(output):
+        raise NstdError(f"cannot write {output}: it is a directory")
+    if not force and os.path.lexists(output):
+        raise _exists(output)
+
+
+def write_output(output: Path, data: bytes, *, force: bool = False) -> None:
+    """Write `data` to `output` atomically. Without `force` a file that appeared since `check_output` is
+    still not replaced: the finished file is hard-linked into place, which fails if the name is taken."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result is the user's ordinary file
+        if force:
+            os.replace(tmp, output)
+        else:
+            os.link(tmp, output)
+    except FileExistsError:
+        raise _exists(output) from None
+    except OSError as exc:
+        raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    fsync_dir(output.parent)
+
+
+def _exists(output: Path) -> NstdError:
+    return NstdError(f"{output} already exists; choose another output file or add --force to replace it")
