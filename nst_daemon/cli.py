@@ -30,7 +30,9 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Download, import, list and verify model weights.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage who may use the Telegram bot.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List jobs, show one, export its result.")
 app.add_typer(models_app, name="models")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(users_app, name="users")
 
 
@@ -221,14 +223,46 @@ def doctor() -> None:
     raise typer.Exit(doctor_command.run(state.config_path, console))
 
 
-@app.command()
+@jobs_app.callback(invoke_without_command=True)
 def jobs(
+    ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="How many of the newest jobs to show.", min=1)] = 50,
 ) -> None:
-    """List recent jobs."""
+    """List recent jobs; `show ID` for one job, `export ID -o FILE` for its result."""
+    if ctx.invoked_subcommand is not None:
+        return
     from nst_daemon import db, views
 
     views.print_jobs(db.connect(settings().db_path), console, limit=limit)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[int, typer.Argument(help="The job's id (see `nstd jobs`).", metavar="ID")],
+) -> None:
+    """Show one job: its details, its input and result keys in the object store, where the result went."""
+    from nst_daemon import job_results
+
+    job_results.show(settings(), job_id, console)
+
+
+@jobs_app.command("export")
+def jobs_export(
+    job_id: Annotated[int, typer.Argument(help="The job's id (see `nstd jobs`).", metavar="ID")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="A .jpg or .png file, or a folder (job-ID.jpg in it).", metavar="PATH"
+        ),
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the output file if it exists.", metavar="")
+    ] = False,
+) -> None:
+    """Write a job's result from the object store to a file."""
+    from nst_daemon import job_results
+
+    job_results.export(settings(), job_id, output, force=force, console=console)
 
 
 @users_app.command("list")

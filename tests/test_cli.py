@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from checkpoints import random_image
 from conftest import NSTD, write_config
+from PIL import Image
+
+from nst_daemon.jobs import Job, JobQueue, JobRequest, RunResult
 
 
 def nstd(
@@ -84,24 +92,70 @@ def table_rows(output: str) -> list[list[str]]:
     return rows
 
 
-def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Path) -> None:
+class FakeRunner:
+    """Stands in for the engines: the result is the content, mirrored, so it differs from the input."""
+
+    def run(self, job: Job, content: bytes, styles: list[bytes], progress, cancel) -> RunResult:
+        image = Image.open(io.BytesIO(content)).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return RunResult(image, {"device": "fake"})
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        return []
+
+
+def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    random_image(size, seed=seed).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def intake(config: Path, requests: list[JobRequest], run: int = 0) -> list[Job]:
+    """Jobs created the way the bot and the folder create them (JobQueue.submit); the first `run` of them
+    then go through the worker's own path to a stored result."""
+    from nst_daemon import db
+    from nst_daemon.config import load_settings
+    from nst_daemon.store.factory import open_store
+
+    settings = load_settings(config, environ={})
+    queue = JobQueue(
+        db.connect(settings.db_path), open_store(settings), settings.store.bucket, settings, FakeRunner()
+    )
+
+    async def go() -> list[Job]:
+        jobs = [await queue.submit(request) for request in requests]
+        for _ in range(run):
+            claimed = queue._claim_next()
+            assert claimed is not None
+            await queue._run_one(claimed)
+        await asyncio.gather(*queue._background)
+        return [queue.get(job.id) for job in jobs]
+
+    return asyncio.run(go())
+
+
+def update_job(config: Path, job_id: int, **values: object) -> None:
     from nst_daemon import db
     from nst_daemon.config import load_settings
 
-    now = time.time()
-    jobs = db.connect(load_settings(config).db_path)["jobs"]
-    common = {"params": "{}", "reply": "{}", "input_keys": "[]", "created_at": now - 150}
-    jobs.insert_all(
+    db.connect(load_settings(config, environ={}).db_path)["jobs"].update(job_id, values)
+
+
+def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Path) -> None:
+    jobs = intake(
+        config,
         [
-            {"source": "telegram", "owner": "123456789", "engine": "cyclegan", "styles": '["monet"]',
-             "state": "running", "progress": 0.4, "delivery": "pending", **common},
-            {"source": "folder", "owner": "/srv/watch/inbox/vangogh/holiday-photo.jpg", "engine": "cyclegan",
-             "styles": '["vangogh"]', "state": "failed", "delivery": "delivered",
-             "error": "the content image: this image is damaged or incomplete", **common},
-            {"source": "telegram", "owner": "42", "engine": "nst", "styles": '["k1", "k2"]',
-             "state": "cancelled", "delivery": "pending", **common},
-        ]
+            JobRequest("telegram", "123456789", "cyclegan", jpeg(1), styles=["monet"], reply={"chat_id": 1}),
+            JobRequest("folder", "/srv/watch/inbox/vangogh/holiday-photo.jpg", "cyclegan", jpeg(2),
+                       styles=["vangogh"], reply={"path": "/srv/watch/inbox/vangogh/holiday-photo.jpg"}),
+            JobRequest("telegram", "42", "nst", jpeg(3), style_images=[jpeg(4), jpeg(5)],
+                       reply={"chat_id": 42}),
+        ],
     )  # fmt: skip
+    created = time.time() - 150
+    update_job(config, jobs[0].id, state="running", progress=0.4, created_at=created)
+    update_job(config, jobs[1].id, state="failed", delivery="delivered", created_at=created,
+               error="the content image: this image is damaged or incomplete")  # fmt: skip
+    update_job(config, jobs[2].id, state="cancelled", created_at=created)
 
     result = nstd("--config", str(config), "jobs", env={"COLUMNS": "80"})
 
@@ -119,6 +173,91 @@ def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Pa
     first_lines = [line for line in result.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
     for line, state in zip(first_lines, ("cancelled", "failed", "running 40%"), strict=True):
         assert f" {state} " in line and " 2m ago " in line, line
+
+
+def test_jobs_show_names_the_store_keys_and_where_the_result_went(config: Path, tmp_path: Path) -> None:
+    dropped = tmp_path / "watch" / "inbox" / "monet" / "beach.jpg"
+    outbox = tmp_path / "watch" / "outbox" / "monet" / "beach.monet-1.jpg"
+    [done, nst] = intake(
+        config,
+        [
+            JobRequest("folder", str(dropped), "cyclegan", jpeg(6), styles=["monet"],
+                       reply={"path": str(dropped), "folder": "monet", "name": "beach.jpg"}),
+            JobRequest("telegram", "42", "nst", jpeg(7), style_images=[jpeg(8)], reply={"chat_id": 42}),
+        ],
+        run=1,
+    )  # fmt: skip
+    # The watched folder records the outbox file it wrote as `result_path` (its side of the contract).
+    update_job(
+        config, done.id, reply=json.dumps({**done.reply, "result_path": str(outbox)}), delivery="delivered"
+    )
+
+    result = nstd("--config", str(config), "jobs", "show", str(done.id))
+    assert result.returncode == 0, result.stderr
+    # Label and value are two columns at least two spaces apart ("delivered to" has one inside).
+    fields = dict(re.fullmatch(r"(.+?) {2,}(.*)", line).groups() for line in result.stdout.splitlines())
+    assert fields["job"] == f"{done.id}: done, delivery delivered"
+    assert fields["from"] == f"folder {dropped}"
+    assert fields["inputs"] == f"jobs/{done.id}/content.jpg"
+    assert fields["result"] == f"jobs/{done.id}/result.jpg"
+    assert fields["delivered to"] == str(outbox)
+
+    shown = nstd("--config", str(config), "jobs", "show", str(nst.id)).stdout
+    assert f"inputs        jobs/{nst.id}/content.jpg, jobs/{nst.id}/style-1.jpg" in shown
+    assert "NST, 1 style image" in shown and "result        (none)" in shown
+
+    missing = nstd("--config", str(config), "jobs", "show", "999")
+    assert (
+        missing.returncode == 1
+        and missing.stderr.strip() == "error: there is no job 999; `nstd jobs` lists them"
+    )
+
+
+def test_jobs_export_writes_the_stored_result_and_never_overwrites(config: Path, tmp_path: Path) -> None:
+    [done, queued] = intake(
+        config,
+        [
+            JobRequest("telegram", "7", "cyclegan", jpeg(9), styles=["monet"], reply={"chat_id": 7}),
+            JobRequest("telegram", "7", "cyclegan", jpeg(10), styles=["cezanne"], reply={"chat_id": 7}),
+        ],
+        run=1,
+    )  # fmt: skip
+    from nst_daemon.config import load_settings
+    from nst_daemon.store import get_bytes
+    from nst_daemon.store.factory import open_store
+
+    settings = load_settings(config, environ={})
+    stored = get_bytes(open_store(settings), settings.store.bucket, f"jobs/{done.id}/result.jpg")
+
+    output = tmp_path / "again.jpg"
+    result = nstd("--config", str(config), "jobs", "export", str(done.id), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {output} (the result of job {done.id})"
+    assert output.read_bytes() == stored
+
+    output.write_bytes(b"the user's own file")
+    again = nstd("--config", str(config), "jobs", "export", str(done.id), "-o", str(output))
+    assert again.returncode == 1
+    assert again.stderr.strip() == (
+        f"error: {output} already exists; choose another output file or add --force to replace it"
+    )
+    assert output.read_bytes() == b"the user's own file"
+    assert (
+        nstd("--config", str(config), "jobs", "export", str(done.id), "-o", str(output), "--force").returncode
+        == 0
+    )
+    assert output.read_bytes() == stored
+
+    # A folder gets job-ID.jpg; a .png output gets a PNG.
+    assert nstd("--config", str(config), "jobs", "export", str(done.id), "-o", str(tmp_path)).returncode == 0
+    assert (tmp_path / f"job-{done.id}.jpg").read_bytes() == stored
+    png = tmp_path / "again.png"
+    assert nstd("--config", str(config), "jobs", "export", str(done.id), "-o", str(png)).returncode == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (64, 48)
+
+    pending = nstd("--config", str(config), "jobs", "export", str(queued.id), "-o", str(tmp_path / "q.jpg"))
+    assert pending.returncode == 1 and f"job {queued.id} has no result (queued)" in pending.stderr
 
 
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ this process instead, to see what it decodes)."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,12 +53,27 @@ def photo(tmp_path: Path) -> Path:
 
 
 def nstd(config: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    # As from a script or CI: stdout is a pipe and no COLUMNS says how wide to be.
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
     return subprocess.run(
         [NSTD, "--config", str(config), "stylize", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=240,
+        env=env,
     )
+
+
+WROTE = re.compile(r"wrote (?P<path>.+) \((?P<width>\d+)×(?P<height>\d+)\) in [\d.]+ s on (?P<device>.+)")
+
+
+def wrote_line(result: subprocess.CompletedProcess[str]) -> re.Match[str]:
+    """The machine-readable last line of stdout, whole: it must never be wrapped or cut."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.rstrip("\n").splitlines()[-1]
+    match = WROTE.fullmatch(last)
+    assert match, result.stdout
+    return match
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -69,12 +86,30 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_cyclegan_style(config: Path, photo: Path, tmp_path: Path) -> None:
     output = tmp_path / "monet.png"
-    result = nstd(config, photo, "-o", output, "--style", "Monet")
-    assert result.returncode == 0, result.stdout + result.stderr
+    wrote = wrote_line(nstd(config, photo, "-o", output, "--style", "Monet"))
+    assert (wrote["path"], wrote["width"], wrote["height"]) == (str(output), "64", "48")
+    assert wrote["device"] == "CPUExecutionProvider"
     with Image.open(output) as image:
         assert image.format == "PNG" and image.size == (64, 48)
-    assert "CPUExecutionProvider" in result.stdout
-    assert " s on " in result.stdout
+
+
+def test_the_last_line_never_wraps_however_long_the_path(config: Path, photo: Path, tmp_path: Path) -> None:
+    # rich used to wrap at 80 columns when stdout was not a terminal: a long temp path split this line.
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / ("and-another-one-" * 5)
+    deep.mkdir(parents=True)
+    output = deep / "monet-with-a-long-file-name-too.png"
+    assert len(f"wrote {output} (64×48) in 1.0 s on CPUExecutionProvider") > 200
+    wrote = wrote_line(nstd(config, photo, "-o", output, "--style", "monet"))
+    assert wrote["path"] == str(output)
+
+
+@pytest.mark.parametrize("spelling", ["Van-Gogh", "van gogh", "VANGOGH", "Van_Gogh"])
+def test_style_names_are_normalised_like_the_bot_does(
+    config: Path, photo: Path, tmp_path: Path, spelling: str
+) -> None:
+    output = tmp_path / "out.jpg"
+    wrote = wrote_line(nstd(config, photo, "-o", output, "--style", spelling))
+    assert wrote["path"] == str(output)
 
 
 def test_two_style_nst(config: Path, photo: Path, tmp_path: Path) -> None:
@@ -91,7 +126,12 @@ def test_two_style_nst(config: Path, photo: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     with Image.open(output) as image:
         assert image.format == "JPEG" and image.size == (32, 24)
-    assert "wrote" in result.stdout and "on cpu (1 thread)" in result.stdout  # nst.cpu_threads
+    assert wrote_line(result)["device"] == "cpu (1 thread)"  # nst.cpu_threads
+    # stdout is a pipe: no progress bar between the plain lines.
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("NST on cpu (1 thread): 2 style image(s), preset fast"), (
+        lines
+    )
 
 
 def test_unknown_style(config: Path, photo: Path, tmp_path: Path) -> None:
@@ -128,6 +168,15 @@ def test_bad_style_image(config: Path, photo: Path, tmp_path: Path) -> None:
         nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", tmp_path / "absent.png")
     )
     assert "absent.png" in line
+    # A broken style image (cut short) is named too, not only described.
+    good = tmp_path / "good.png"
+    random_image((40, 40), seed=3).save(good)
+    broken = tmp_path / "broken-style.jpg"
+    broken.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])
+    line = one_error_line(
+        nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", good, "--style-image", broken)
+    )
+    assert line == f"error: {broken}: this image is damaged or incomplete"
 
 
 @pytest.mark.parametrize(
@@ -150,9 +199,63 @@ def test_output_problems(config: Path, photo: Path, tmp_path: Path) -> None:
     assert "cannot write" in line and "missing-dir" in line
     line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.gif", "--style", "monet"))
     assert ".jpg" in line and "x.gif" in line
+
+
+def test_the_output_is_never_the_input(config: Path, photo: Path, tmp_path: Path) -> None:
+    original = photo.read_bytes()
+    (tmp_path / "link.jpg").symlink_to(photo)
+    os.link(photo, tmp_path / "hard.jpg")
+    for output in (photo, tmp_path / "link.jpg", tmp_path / "hard.jpg"):
+        for force in ((), ("--force",)):  # not even with --force
+            line = one_error_line(nstd(config, photo, "-o", output, "--style", "monet", *force))
+            assert (
+                line
+                == f"error: refusing to write {output}: it is the input {photo}; choose another output file"
+            )
+    # A style image is an input too.
+    style = tmp_path / "style.png"
+    random_image((40, 40), seed=4).save(style)
+    line = one_error_line(nstd(config, photo, "-o", style, "--style-image", style, "--force"))
+    assert f"it is the input {style}" in line
+    assert photo.read_bytes() == original
+    assert (tmp_path / "link.jpg").resolve() == photo and (tmp_path / "hard.jpg").read_bytes() == original
+
+
+def test_an_existing_file_is_replaced_only_with_force(config: Path, photo: Path, tmp_path: Path) -> None:
+    output = tmp_path / "mine.jpg"
+    output.write_bytes(b"the user's own file")
+    line = one_error_line(nstd(config, photo, "-o", output, "--style", "monet"))
+    assert line == f"error: {output} already exists; choose another output file or add --force to replace it"
+    assert output.read_bytes() == b"the user's own file"
+    # A dangling symlink is a name that is taken too: writing through it would create a file elsewhere.
+    dangling = tmp_path / "dangling.jpg"
+    dangling.symlink_to(tmp_path / "nowhere.jpg")
+    assert "dangling.jpg already exists" in one_error_line(
+        nstd(config, photo, "-o", dangling, "--style", "monet")
+    )
+    assert not (tmp_path / "nowhere.jpg").exists()
+
+    assert wrote_line(nstd(config, photo, "-o", output, "--style", "monet", "--force"))["path"] == str(output)
+    with Image.open(output) as image:
+        assert image.size == (64, 48)
+
+
+def test_an_output_folder_gets_a_file_named_after_the_input_and_style(
+    config: Path, photo: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    wrote = wrote_line(nstd(config, photo, "-o", folder, "--style", "Van Gogh"))
+    assert wrote["path"] == str(folder / "photo.vangogh.jpg")
+    with Image.open(folder / "photo.vangogh.jpg") as image:
+        assert image.format == "JPEG"
+    # The derived name follows the same rule: it exists now.
+    line = one_error_line(nstd(config, photo, "-o", folder, "--style", "vangogh"))
+    assert line.startswith(f"error: {folder / 'photo.vangogh.jpg'} already exists")
+    # A folder named like an image file is still a folder: the result goes in it.
     (tmp_path / "taken.png").mkdir()
-    line = one_error_line(nstd(config, photo, "-o", tmp_path / "taken.png", "--style", "monet"))
-    assert "is a directory" in line
+    wrote = wrote_line(nstd(config, photo, "-o", tmp_path / "taken.png", "--style", "monet"))
+    assert wrote["path"] == str(tmp_path / "taken.png" / "photo.monet.jpg")
 
 
 def test_stylize_module_does_not_import_torch() -> None:
@@ -175,6 +278,7 @@ def test_a_large_photo_decodes_no_larger_than_the_engine_needs(
     random_image((1600, 1600), seed=2).save(style, quality=90)
     settings = load_settings(config, environ={})
     options = {"preset": None, "device": None, "preserve_colors": False, "console": Console(quiet=True)}
+    options["force"] = True  # the second run writes the same output again
 
     output = tmp_path / "monet.jpg"
     stylize.run(settings, content, output, style="monet", style_images=[], max_side=None, **options)
@@ -194,3 +298,34 @@ def test_a_large_photo_decodes_no_larger_than_the_engine_needs(
     # Fitted within 200 the content is 200 × 150; the style goes to that area, 173 × 173.
     assert decoded_sizes == [(800, 600), (800, 800)]
     assert nst_calls[0][5] == 200  # max_side: the engine runs at the side the decode was sized for
+
+
+@pytest.mark.parametrize(
+    ("cap", "preset", "max_side", "expected"),
+    [(512, "fast", None, 256), (512, "best", None, 512), (1024, "best", None, 768), (512, "best", 300, 300)],
+)
+def test_the_presets_own_size_applies_within_nst_max_side(
+    config: Path,
+    photo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cap: int,
+    preset: str,
+    max_side: int | None,
+    expected: int,
+) -> None:
+    from rich.console import Console
+
+    from nst_daemon import stylize
+    from nst_daemon.config import load_settings
+
+    settings = load_settings(config, environ={"NSTD_NST__MAX_SIDE": str(cap)})
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        stylize, "_nst", lambda *args: calls.append(args) or (Image.new("RGB", (1, 1)), "cpu")
+    )
+    stylize.run(
+        settings, photo, tmp_path / "out.jpg", style=None, style_images=[photo], preset=preset,
+        max_side=max_side, device=None, preserve_colors=False, console=Console(quiet=True),
+    )  # fmt: skip
+    assert calls[0][4:6] == (preset, expected)
