@@ -657,8 +657,8 @@ def _sha256_file(path: Path) -> str:
 def print_list(settings: Settings, console: Console) -> None:
     """A table of catalog models: installed or not (and how it is pinned), size, short sha256.
 
-    It fits 80 columns without cutting a value: the names, styles, sizes and digests never wrap, and only
-    the installed column (where a problem is explained) wraps, at word boundaries."""
+    It fits 80 columns without cutting a value: no cell wraps, and a problem with an install, which can
+    be long, is a line of its own under the table."""
     models_dir = settings.paths.models_dir
     catalog = get_catalog(settings)
     manifest = read_manifest(models_dir)
@@ -667,7 +667,8 @@ def print_list(settings: Settings, console: Console) -> None:
         pad_edge=False,
     )  # fmt: skip
     for column in ("name", "style", "installed", "size", "sha256"):
-        table.add_column(column, no_wrap=column != "installed", ratio=1 if column == "installed" else None)
+        table.add_column(column, no_wrap=True)
+    problems: list[str] = []
     statuses = {status.name: status for status in installed_status(settings)}
     for entry in catalog.values():
         status = statuses[entry.name]
@@ -676,11 +677,15 @@ def print_list(settings: Settings, console: Console) -> None:
             installed = f"[green]yes[/], {_PINNED_SHORT.get(record.pinned, record.pinned)}"
             size, digest = decimal(record.size), record.sha256[:12]
         else:
-            installed = f"[yellow]no[/]: {escape(status.problem)}" if status.problem else "no"
+            installed = "[yellow]no, see below[/]" if status.problem else "no"
+            if status.problem:
+                problems.append(f"{entry.name}: {status.problem}; `nstd models pull {entry.name}` fixes it")
             approx = "" if entry.size_exact else "~"
             size, digest = approx + decimal(entry.size), (entry.sha256 or "")[:12] or "-"
         table.add_row(entry.name, entry.style or "(NST)", installed, size, digest)
     console.print(table)
+    for problem in problems:
+        console.print(escape(problem), highlight=False)
 
 
 def _print_summary(outcomes: list[_Outcome], console: Console) -> None:

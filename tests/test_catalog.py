@@ -10,12 +10,14 @@ import fractions
 import hashlib
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import cyclegan_shapes
 from http_fixture import Checkpoint, CheckpointSet, FileServer, checkpoint_set, write_catalog
 from rich.console import Console
 
@@ -118,6 +120,19 @@ def env(tmp_path: Path, server: FileServer, ckpt: CheckpointSet) -> Env:
     return Env(tmp_path, server, ckpt)
 
 
+def list_rows(listing: str) -> dict[str, list[str]]:
+    """`models list` as {name: [name, style, installed, "", sha256]}: columns are 2+ spaces apart; the
+    size is blanked (it depends on the test files)."""
+    rows: dict[str, list[str]] = {}
+    for line in listing.split("─\n", 1)[1].splitlines():
+        cells = re.split(r" {2,}", line.strip())
+        if len(cells) != 5:
+            break  # the table ended: notes follow
+        name, style, installed, _size, digest = cells
+        rows[name] = [name, style, installed, "", digest]
+    return rows
+
+
 def gets(server: FileServer, path: str) -> list:
     return server.requests_for(path, "GET")
 
@@ -154,13 +169,16 @@ def test_pull_all_models_then_list_verify_and_repull_noop(env: Env) -> None:
     assert statuses["vgg19"].verified and not statuses["style_monet"].verified
     assert statuses["style_monet"].runnable == env.models_dir / "style_monet.onnx"
 
+    # An 80-column terminal shows every value whole: no "fir… use (to…" or "styl…" any more.
+    env.console.width = 80
     catalog.print_list(settings, env.console)
     listing = env.output()
-    for name in ("vgg19", *CYCLEGAN_NAMES):
-        row = next(line for line in listing.splitlines() if f" {name} " in line)
-        assert " yes " in row
-    assert env.ckpt.vgg19.sha256[:12] in listing
-    assert "first use (tofu)" in listing
+    assert "…" not in listing and max(len(line) for line in listing.splitlines()) <= 80, listing
+    rows = list_rows(listing)
+    assert rows["vgg19"] == ["vgg19", "(NST)", "yes, catalog", "", env.ckpt.vgg19.sha256[:12]]
+    for name, style in CYCLEGAN_NAMES.items():
+        assert rows[name] == [name, style, "yes, tofu", "", env.ckpt.cyclegan.sha256[:12]]
+    env.console.width = 200
 
     assert catalog.verify_all(settings, env.console) == 0
     assert "style_monet: ok" in env.output()
@@ -170,6 +188,19 @@ def test_pull_all_models_then_list_verify_and_repull_noop(env: Env) -> None:
     assert catalog.pull(settings, [], console=env.console) == 0
     assert env.server.requests == []
     assert "already installed" in env.output()
+
+    # A problem is explained under the table, whole.
+    (env.models_dir / "summer2winter_yosemite.onnx").unlink()
+    env.console.width = 80
+    catalog.print_list(settings, env.console)
+    listing = env.output()
+    env.console.width = 200
+    assert "…" not in listing and max(len(line) for line in listing.splitlines()) <= 80, listing
+    assert list_rows(listing)["summer2winter_yosemite"][2] == "no, see below"
+    assert " ".join(listing.split()).endswith(  # at 80 columns the note wraps between words
+        " summer2winter_yosemite: summer2winter_yosemite.onnx is missing; "
+        "`nstd models pull summer2winter_yosemite` fixes it"
+    )
 
     # A broken ONNX file is caught by verify and named.
     (env.models_dir / "style_cezanne.onnx").write_bytes(b"not an onnx model")
@@ -625,6 +656,61 @@ def test_import_errors_name_the_problem(env: Env, tmp_path: Path) -> None:
         catalog.import_file(settings, "style_picasso", env.ckpt.vgg19.path, console=env.console)
     with pytest.raises(NstdError, match=r"absent\.pth: no such file"):
         catalog.import_file(settings, "vgg19", tmp_path / "absent.pth", console=env.console)
+
+
+def third_party_generator(blocks: range = range(10, 19)) -> dict[str, torch.Tensor]:
+    """A CycleGAN generator as other CycleGAN code saves it (the layout of the `vintagify` package's
+    G_A2B_epoch33.pth): upstream's convolution shapes, but InstanceNorm layers with affine weights and the
+    residual blocks' layers under `block` instead of `conv_block`."""
+    state = {
+        key.replace(".conv_block.", ".block."): torch.zeros(shape)
+        for key, shape in cyclegan_shapes().items()
+        if ".conv_block." not in key or int(key.split(".")[1]) in blocks
+    }
+    norms = [(f"model.{index}", size) for index, size in ((2, 64), (5, 128), (8, 256), (20, 128), (23, 64))]
+    norms += [(f"model.{block}.block.{n}", 256) for block in blocks for n in (2, 6)]
+    for prefix, size in norms:
+        state[f"{prefix}.weight"], state[f"{prefix}.bias"] = torch.ones(size), torch.zeros(size)
+    return state
+
+
+def test_a_third_party_cyclegan_checkpoint_is_refused_saying_what_it_is(env: Env, tmp_path: Path) -> None:
+    settings = env.settings(env.cyclegan_entry("style_monet"))
+    foreign = tmp_path / "G_A2B_epoch33.pth"
+    torch.save(third_party_generator(), foreign)
+    with pytest.raises(NstdError) as caught:
+        catalog.import_file(settings, "style_monet", foreign, console=env.console)
+    assert caught.value.message == (
+        "InstanceNorm with affine weights and `block` instead of `conv_block`: not the "
+        "pytorch-CycleGAN-and-pix2pix resnet_9blocks layout; nothing was installed"
+    )
+    assert env.model_files() == []
+
+
+def test_other_foreign_generator_layouts_are_described() -> None:
+    from nst_daemon.engines.checkpoint import describe_foreign_generator
+
+    upstream = {key: torch.zeros(shape) for key, shape in cyclegan_shapes().items()}
+    assert describe_foreign_generator(upstream) is None  # the key check decides, and passes
+    assert describe_foreign_generator({f"module.{key}": value for key, value in upstream.items()}) is None
+    six = {
+        key: value
+        for key, value in upstream.items()
+        if not key.startswith(("model.16.", "model.17.", "model.18."))
+    }
+    assert describe_foreign_generator(six) == (
+        "6 residual blocks (resnet_6blocks): not the pytorch-CycleGAN-and-pix2pix resnet_9blocks layout"
+    )
+    batch = {**upstream, "model.2.weight": torch.ones(64), "model.2.running_mean": torch.zeros(64)}
+    assert describe_foreign_generator(batch).startswith("BatchNorm (affine weights and running statistics):")
+    wrapped = describe_foreign_generator({"G_A2B": upstream, "epoch": torch.tensor(33)})
+    assert wrapped.startswith(
+        "a checkpoint that wraps other dictionaries (G_A2B), not a generator's state_dict()"
+    )
+    renamed = describe_foreign_generator(
+        {"conv1.weight": torch.zeros(64, 3, 7, 7), "res1.conv.weight": torch.zeros(8, 8, 3, 3)}
+    )
+    assert renamed.startswith("layers named conv1, res1 instead of model.N:")
 
 
 # --- the catalog itself -------------------------------------------------------------------------------------

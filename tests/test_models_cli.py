@@ -85,7 +85,7 @@ def nstd(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], co
 def test_pull_list_verify_cycle(nstd, config: Path, server: FileServer, ckpt: CheckpointSet) -> None:
     code, out, _ = nstd("models", "list")
     assert code == 0
-    vgg_row = next(line for line in out.splitlines() if " vgg19 " in line)
+    vgg_row = next(line for line in out.splitlines() if line.startswith("vgg19 "))
     assert " no " in vgg_row and ckpt.vgg19.sha256[:12] in vgg_row
 
     code, out, err = nstd("models", "verify")
@@ -96,9 +96,9 @@ def test_pull_list_verify_cycle(nstd, config: Path, server: FileServer, ckpt: Ch
     assert "vgg19: installed" in out
 
     code, out, _ = nstd("models", "list")
-    vgg_row = next(line for line in out.splitlines() if " vgg19 " in line)
-    assert " yes " in vgg_row and "catalog sha256" in vgg_row and VGG_FILE in vgg_row
-    monet_row = next(line for line in out.splitlines() if " style_monet " in line)
+    vgg_row = next(line for line in out.splitlines() if line.startswith("vgg19 "))
+    assert " yes, catalog " in vgg_row
+    monet_row = next(line for line in out.splitlines() if line.startswith("style_monet "))
     assert " no " in monet_row and "~45.6 MB" in monet_row
 
     server.clear_log()

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
-from nst_daemon.engines.checkpoint import read_checkpoint
+from nst_daemon.engines.checkpoint import describe_foreign_generator, read_checkpoint
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -110,6 +110,8 @@ def clean_generator_state_dict(state_dict: Mapping[str, object]) -> dict[str, to
         raise CheckpointError(
             f"not a CycleGAN generator: expected a mapping of tensors, got {type(state_dict)}"
         )
+    if (foreign := describe_foreign_generator(state_dict)) is not None:
+        raise CheckpointError(foreign)
     cleaned = {
         key.removeprefix("module."): value
         for key, value in state_dict.items()
