@@ -13,6 +13,7 @@ previous state and the daemon never sees a half-installed model:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -32,7 +33,8 @@ from nst_daemon import download
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir, fsync_dir
-from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
+from nst_daemon.manifest import MANIFEST_NAME, InstalledModel, read_manifest, write_manifest
+from nst_daemon.wording import plural
 
 KINDS = ("vgg19", "cyclegan")
 SIZE_CAP_FACTOR = 1.5
@@ -99,6 +101,7 @@ class _Outcome:
     result: str  # installed | up to date | failed
     detail: str = ""
     sha256: str = ""
+    unreachable: CatalogEntry | None = None  # failed because its server could not be reached
 
 
 # --- the catalog --------------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ def pull(
     if base and not base.lower().startswith(("http://", "https://")):
         raise NstdError(f"mirror {base!r} is not an http:// or https:// URL")
     models_dir = _ensure_models_dir(settings)
+    remove_stale_temporaries(models_dir, get_catalog(settings), console)
 
     outcomes: list[_Outcome] = []
     for entry in selected:
@@ -275,18 +279,35 @@ def pull(
             message = exc.message if isinstance(exc, NstdError) else f"{type(exc).__name__}: {exc}"
             if len(selected) > 1:  # a single model's failure is the error line itself
                 console.print(f"[red]{escape(entry.name)}: failed:[/] {escape(message)}", highlight=False)
-            outcomes.append(_Outcome(entry.name, "failed", message))
+            unreachable = entry if isinstance(exc, download.Unreachable) else None
+            outcomes.append(_Outcome(entry.name, "failed", message, unreachable=unreachable))
 
     if len(outcomes) > 1:
         _print_summary(outcomes, console)
     failed = [outcome for outcome in outcomes if outcome.result == "failed"]
     if not failed:
         return 0
+    hint = _offline_hint([outcome.unreachable for outcome in failed if outcome.unreachable])
     if len(failed) == 1 and len(outcomes) == 1:
-        raise NstdError(f"{failed[0].name}: {failed[0].detail}")
+        raise NstdError(f"{failed[0].name}: {failed[0].detail}{hint}")
     raise NstdError(
         f"{len(failed)} of {len(outcomes)} models failed: "
         + "; ".join(f"{outcome.name} ({outcome.detail})" for outcome in failed)
+        + hint
+    )
+
+
+def _offline_hint(entries: list[CatalogEntry]) -> str:
+    """What an offline machine can do instead, naming the exact files: a mirror, or `models import`."""
+    if not entries:
+        return ""
+    files = ", ".join(f"{entry.file} ({entry.url})" for entry in entries)
+    imports = "; ".join(f"`nstd models import {entry.name} {entry.file}`" for entry in entries)
+    return (
+        f". Offline? Download {files} on a machine with internet access, then either serve "
+        f"{'them' if len(entries) > 1 else 'it'} under one URL with the same file name"
+        f"{'s' if len(entries) > 1 else ''} and run `nstd models pull --mirror URL`, or copy "
+        f"{'them' if len(entries) > 1 else 'it'} here and run {imports}"
     )
 
 
@@ -337,6 +358,49 @@ def _pull_one(
             shown_as=url,
         )
         return _Outcome(name, "installed", _describe_pin(installed), installed.sha256)
+
+
+def remove_stale_temporaries(models_dir: Path, catalog: dict[str, CatalogEntry], console: Console) -> int:
+    """Delete what killed pulls and imports left in `models_dir`; returns how many files went.
+
+    Each model's files are looked at under its own lock, taken without waiting: a file another nstd is
+    staging right now is locked and kept. A download's `.part` is kept while its model is not installed,
+    because the next pull resumes it; once the model is installed it can only be stale. The ONNX export's
+    files and an import's copy are never resumed."""
+    removed: list[int] = []
+
+    def remove(path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            path.unlink()
+            removed.append(size)
+
+    manifest = read_manifest(models_dir)
+    for entry in catalog.values():
+        with download.try_file_lock(_lock_path(models_dir, entry.file)) as locked:
+            if not locked:
+                continue
+            stale = [
+                models_dir / f"{entry.file}.import.part",
+                *models_dir.glob(f".{entry.runnable}.part-*.tmp"),
+            ]
+            if entry.runnable != entry.file:
+                stale.append(models_dir / f"{entry.runnable}.part")
+            if _install_problem(entry, manifest.get(entry.name), models_dir) is None:
+                stale.append(models_dir / f"{entry.file}.part")
+            for path in stale:
+                remove(path)
+    with download.try_file_lock(_lock_path(models_dir, "manifest")) as locked:
+        if locked:  # write_atomic's temporary file for a manifest that was never renamed into place
+            for path in models_dir.glob(f".{MANIFEST_NAME}.*.tmp"):
+                remove(path)
+    if removed:
+        console.print(
+            f"removed {len(removed)} stale temporary file{plural(len(removed))} ({decimal(sum(removed))}) "
+            f"left by an interrupted pull or import",
+            highlight=False,
+        )
+    return len(removed)
 
 
 def _check_digest(

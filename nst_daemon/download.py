@@ -68,6 +68,11 @@ class HttpStatusError(DownloadError):
         self.status = status
 
 
+class Unreachable(DownloadError):
+    """The server was never reached (its name does not resolve, or every connection failed): most
+    likely this machine is offline. The caller says what to do instead."""
+
+
 class SizeCapExceeded(DownloadError):
     """The server sent (or announced) more bytes than the caller allows; the partial file is deleted."""
 
@@ -107,6 +112,22 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def try_file_lock(path: Path) -> Iterator[bool]:
+    """`file_lock` without the wait: yields False at once when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def fetch(
@@ -227,6 +248,7 @@ async def _download(
     headers = {"Accept-Encoding": "identity", "User-Agent": f"nstd/{__version__}"}
     failures = 0
     requests = 0
+    connect_failures = 0  # attempts that never got a connection: all of them means offline
     async with aiohttp.ClientSession(timeout=timeout, headers=headers, auto_decompress=False) as session:
         while True:
             requests += 1
@@ -237,16 +259,18 @@ async def _download(
             except _Retry as exc:
                 reason, retry_after = str(exc), exc.retry_after
             except aiohttp.ClientConnectorDNSError as exc:
-                raise DownloadError(f"cannot resolve the host of {url}: {exc.os_error or exc}") from None
+                raise Unreachable(f"cannot resolve the host of {url}: {exc.os_error or exc}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 reason, retry_after = _describe(exc, stall_timeout), None
+                connect_failures += isinstance(exc, aiohttp.ClientConnectorError)
             except aiohttp.ClientError as exc:
                 raise DownloadError(f"downloading {url} failed: {exc}") from None
             # A retry budget per lack of progress: a flaky link that keeps delivering still finishes.
             failures = 1 if state.offset > before else failures + 1
             if failures >= MAX_ATTEMPTS:
                 kept = f"; run the pull again to resume from {state.offset} bytes" if state.offset else ""
-                raise DownloadError(f"giving up on {url} after {failures} failed attempts: {reason}{kept}")
+                error = Unreachable if connect_failures == requests else DownloadError
+                raise error(f"giving up on {url} after {failures} failed attempts: {reason}{kept}")
             delay = min(BASE_DELAY * 2 ** (failures - 1), MAX_DELAY)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, MAX_RETRY_AFTER))

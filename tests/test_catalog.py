@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -307,9 +308,39 @@ def test_persistent_5xx_gives_up_and_keeps_nothing_installed(env: Env, monkeypat
     settings = env.settings(env.vgg_entry())
     env.server.fail(f"/{VGG_FILE}", 502)
 
-    with pytest.raises(NstdError, match=r"giving up .* after 3 failed attempts: HTTP 502"):
+    with pytest.raises(NstdError, match=r"giving up .* after 3 failed attempts: HTTP 502") as caught:
         catalog.pull(settings, ["vgg19"], console=env.console)
+    assert "Offline?" not in caught.value.message  # the server answered: this machine is online
     assert env.model_files() == []  # not even an empty .part
+
+
+def test_an_offline_pull_says_how_to_get_the_exact_files_another_way(env: Env) -> None:
+    with socket.socket() as probe:  # a loopback port where nothing listens: every connection is refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    vgg = env.vgg_entry(url=f"{dead}/{VGG_FILE}")
+    monet = env.cyclegan_entry("style_monet", url=f"{dead}/style_monet.pth")
+    settings = env.settings(vgg, monet)
+
+    with pytest.raises(NstdError) as caught:
+        catalog.pull(settings, ["vgg19"], console=env.console)
+    message = caught.value.message
+    assert message.startswith(f"vgg19: giving up on {dead}/{VGG_FILE} after 6 failed attempts")
+    assert message.endswith(
+        f". Offline? Download {VGG_FILE} ({dead}/{VGG_FILE}) on a machine with internet access, then "
+        "either serve it under one URL with the same file name and run `nstd models pull --mirror URL`, "
+        f"or copy it here and run `nstd models import vgg19 {VGG_FILE}`"
+    )
+
+    with pytest.raises(NstdError) as caught:
+        catalog.pull(settings, [], console=env.console)
+    assert caught.value.message.endswith(
+        f". Offline? Download {VGG_FILE} ({dead}/{VGG_FILE}), style_monet.pth ({dead}/style_monet.pth) on a "
+        "machine with internet access, then either serve them under one URL with the same file names and "
+        "run `nstd models pull --mirror URL`, or copy them here and run "
+        f"`nstd models import vgg19 {VGG_FILE}`; `nstd models import style_monet style_monet.pth`"
+    )
+    assert env.model_files() == []
 
 
 def test_giving_up_keeps_the_partial_file_for_the_next_run(env: Env, monkeypatch) -> None:
@@ -324,6 +355,41 @@ def test_giving_up_keeps_the_partial_file_for_the_next_run(env: Env, monkeypatch
     assert catalog.pull(settings, ["vgg19"], console=env.console) == 0
     assert gets(env.server, f"/{VGG_FILE}")[-1].range == "bytes=5000000-"
     assert env.model_files() == ["manifest.json", VGG_FILE]
+
+
+def test_any_pull_removes_the_stale_temporary_files_of_killed_pulls(env: Env) -> None:
+    entries = [env.vgg_entry()] + [
+        env.cyclegan_entry(name) for name in ("style_monet", "style_cezanne", "style_ukiyoe")
+    ]
+    settings = env.settings(*entries)
+    assert catalog.pull(settings, ["vgg19"], console=env.console) == 0
+    env.output()
+    junk = {
+        f"{VGG_FILE}.part": 3_000_000,  # its model is installed: nothing will resume it
+        ".style_monet.onnx.part-k2j4x9.tmp": 2_000_000,  # an ONNX export killed midway
+        "style_monet.onnx.part": 1_000_000,
+        "style_monet.pth.import.part": 1_000_000,
+        ".manifest.json.a8b7c6.tmp": 100,
+    }
+    kept = {
+        "style_cezanne.pth.part": 500_000,  # a download of a model not installed: the next pull resumes it
+        ".style_ukiyoe.onnx.part-busy.tmp": 500_000,  # another nstd holds this model's lock: in use
+    }
+    for name, size in {**junk, **kept}.items():
+        (env.models_dir / name).write_bytes(b"x" * size)
+
+    with download.file_lock(catalog._lock_path(env.models_dir, "style_ukiyoe.pth")):
+        assert catalog.pull(settings, ["vgg19"], console=env.console) == 0  # already installed: a no-op
+    out = env.output()
+
+    assert "removed 5 stale temporary files (7.0 MB) left by an interrupted pull or import" in out
+    assert env.model_files() == sorted(["manifest.json", VGG_FILE, *kept])
+    # Once the other nstd let go, its leftover is stale too; the resumable download stays.
+    assert catalog.pull(settings, ["vgg19"], console=env.console) == 0
+    assert "removed 1 stale temporary file (500.0 kB)" in env.output()
+    assert env.model_files() == sorted(["manifest.json", VGG_FILE, "style_cezanne.pth.part"])
+    assert catalog.pull(settings, ["vgg19"], console=env.console) == 0
+    assert "stale" not in env.output()  # nothing left to remove: nothing said
 
 
 def test_stalled_connection_times_out_and_resumes(env: Env, monkeypatch) -> None:
