@@ -18,8 +18,11 @@ from nst_daemon.output_file import check_output, resolve_output, write_output
 from nst_daemon.style_names import normalize_style
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL import Image
     from rich.console import Console
+    from rich.progress import Progress
 
 
 def run(
@@ -94,14 +97,10 @@ def _default_name(input: Path, label: str) -> str:
 def _cyclegan(
     model: Path, content: Image.Image, max_side: int, device: str, cpu_threads: int, shown: Console | None
 ) -> tuple[Image.Image, str]:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from nst_daemon.engines.cyclegan import CycleGANEngine
 
     engine = CycleGANEngine(model, device=device, cpu_threads=cpu_threads)
-    # One pass of the generator reports no steps: a spinner with the elapsed time says it is working.
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=shown, transient=True, disable=shown is None) as spinner:
+    with cyclegan_spinner(shown) as spinner:
         spinner.add_task("loading the model", total=None)
         engine.load()
         try:
@@ -123,8 +122,6 @@ def _nst(
     console: Console,
     shown: Console | None,
 ) -> tuple[Image.Image, str]:
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
     from nst_daemon.engines.nst import NSTEngine, NSTOptions, NSTProgress
 
     options = NSTOptions.from_preset(
@@ -140,16 +137,7 @@ def _nst(
         f"NST on {engine.device_name}: {len(styles)} style image(s), preset {preset}, up to {max_side} px",
         highlight=False,
     )
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("step {task.fields[step]}"),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-    )
-    # On stderr and only on a terminal: a pipe or a log gets the plain lines on stdout, nothing between.
-    with Progress(*columns, console=shown, transient=True, disable=shown is None) as bar:
+    with nst_progress(shown) as bar:
         task = bar.add_task("stylizing", total=1.0, step=0)
 
         def report(progress: NSTProgress) -> None:
@@ -168,3 +156,28 @@ def _nst(
     if result.oom_retries:
         console.print(f"note: ran out of GPU memory {result.oom_retries} time(s); worked at a smaller size")
     return result.image, result.device
+
+
+def nst_progress(shown: Console | None, get_time: Callable[[], float] | None = None) -> Progress:
+    """NST's bar: scale, fraction, step and the estimated time left (from the speed so far).
+
+    On `shown` (stderr) only when it is a terminal, else disabled: a pipe or a log gets the plain lines on
+    stdout and nothing between them. `get_time` is rich's clock, replaceable for a test."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("step {task.fields[step]}, left"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=shown, transient=True, disable=shown is None, get_time=get_time)
+
+
+def cyclegan_spinner(shown: Console | None, get_time: Callable[[], float] | None = None) -> Progress:
+    """One pass of a CycleGAN generator reports no steps: a spinner with the elapsed time says it works."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    return Progress(*columns, console=shown, transient=True, disable=shown is None, get_time=get_time)

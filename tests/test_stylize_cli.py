@@ -3,10 +3,14 @@ this process instead, to see what it decodes)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import pty
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -329,3 +333,69 @@ def test_the_presets_own_size_applies_within_nst_max_side(
         max_side=max_side, device=None, preserve_colors=False, console=Console(quiet=True),
     )  # fmt: skip
     assert calls[0][4:6] == (preset, expected)
+
+
+def test_nst_progress_shows_the_estimated_time_left() -> None:
+    from rich.console import Console
+
+    from nst_daemon.stylize import cyclegan_spinner, nst_progress
+
+    clock = [0.0]
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True, color_system=None)
+    with nst_progress(console, get_time=lambda: clock[0]) as bar:
+        task = bar.add_task("scale 1/2 32×24", total=1.0, step=0)
+        clock[0] = 10.0
+        bar.update(task, completed=0.25, step=10)
+        clock[0] = 20.0
+        bar.update(task, completed=0.5, step=20)
+        bar.refresh()
+    # Half done in 20 s: 20 s left.
+    assert re.search(r"scale 1/2 32×24 \S+ +50% step 20, left 0:00:20", out.getvalue()), out.getvalue()
+
+    out.seek(0)
+    out.truncate()
+    with cyclegan_spinner(console, get_time=lambda: clock[0]) as spinner:
+        spinner.add_task("stylizing on CPUExecutionProvider", total=None)
+        clock[0] = 37.0
+        spinner.refresh()
+    assert re.search(r"stylizing on CPUExecutionProvider 0:00:17", out.getvalue()), out.getvalue()
+
+
+def run_with_terminal_stderr(args: list[str]) -> tuple[int, str, str]:
+    """The command with stderr on a pseudo-terminal (as in an interactive shell) and stdout a pipe."""
+    leader, follower = pty.openpty()
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, text=True, env=env)
+    os.close(follower)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it comes: a full terminal buffer would block the command
+        with contextlib.suppress(OSError):  # EIO once the last writer is gone
+            while chunk := os.read(leader, 65536):
+                chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    stdout, _ = process.communicate(timeout=240)
+    reader.join(timeout=30)
+    os.close(leader)
+    return process.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize(("style", "expected"), [("monet", "stylizing on"), ("nst", "left")])
+def test_progress_goes_to_a_terminal_stderr_and_never_into_stdout(
+    config: Path, photo: Path, tmp_path: Path, style: str, expected: str
+) -> None:
+    output = tmp_path / f"{style}.jpg"
+    chosen = ["--style-image", str(photo)] if style == "nst" else ["--style", style]
+    args = [NSTD, "--config", str(config), "stylize", str(photo), "-o", str(output), *chosen]
+    code, stdout, stderr = run_with_terminal_stderr(args)
+    assert code == 0, stdout + stderr
+    assert expected in stderr  # the last frame is drawn when the work ends, so this is never timing luck
+    assert WROTE.fullmatch(stdout.splitlines()[-1]), stdout
+    assert "━" not in stdout and "left" not in stdout
+
+    # stderr a pipe: no progress at all, only the log.
+    piped = nstd(config, photo, "-o", tmp_path / f"{style}-2.jpg", *chosen)
+    assert wrote_line(piped) and expected not in piped.stderr and "━" not in piped.stderr
