@@ -767,7 +767,8 @@ def test_other_foreign_generator_layouts_are_described() -> None:
     assert describe_foreign_generator(six) == (
         "6 residual blocks (resnet_6blocks): not the pytorch-CycleGAN-and-pix2pix resnet_9blocks layout"
     )
-    batch = {**upstream, "model.2.weight": torch.ones(64), "model.2.running_mean": torch.zeros(64)}
+    batch = {**upstream, "model.2.weight": torch.ones(64), "model.2.bias": torch.zeros(64)}
+    batch["model.2.running_mean"] = torch.zeros(64)
     assert describe_foreign_generator(batch).startswith("BatchNorm (affine weights and running statistics):")
     wrapped = describe_foreign_generator({"G_A2B": upstream, "epoch": torch.tensor(33)})
     assert wrapped.startswith(

@@ -48,8 +48,14 @@ def describe_foreign_generator(state_dict: Mapping[str, object]) -> str | None:
         found.append(
             f"layers named {', '.join(tops[:4])}{', ...' if len(tops) > 4 else ''} instead of model.N"
         )
+    # A normalisation layer with affine weights: a 1-D weight with a 1-D bias beside it (convolutions'
+    # weights are 4-D; a stray 1-D key alone is left to the key check, which names it).
     one_dim = {
-        key.rsplit(".", 1)[0] for key in keys if key.endswith(".weight") and _ndim(state_dict, key) == 1
+        key.removesuffix(".weight")
+        for key in keys
+        if key.endswith(".weight")
+        and _ndim(state_dict, key) == 1
+        and _ndim(state_dict, key.removesuffix(".weight") + ".bias") == 1
     }
     if one_dim:
         stats = any(f"{prefix}.running_mean" in keys for prefix in one_dim)
