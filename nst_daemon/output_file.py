@@ -8,6 +8,7 @@ and `-o` naming a folder writes a file of a derived name into it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -24,6 +25,12 @@ def resolve_output(output: Path, default_name: str) -> Path:
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise NstdError(f"cannot write {output}: directory {parent} does not exist")
+    if not output.suffix and not os.path.lexists(output):
+        # Likely a folder meant to exist ("results/" reaches us as "results"): say both readings.
+        raise NstdError(
+            f"cannot write {output}: there is no folder of that name, and an output file needs a .jpg, "
+            ".jpeg or .png extension"
+        )
     return output
 
 
@@ -67,7 +74,7 @@ def write_output(output: Path, data: bytes, *, force: bool = False) -> None:
         if force:
             os.replace(tmp, output)
         else:
-            os.link(tmp, output)
+            _link_or_create(tmp, output, data)
     except FileExistsError:
         raise _exists(output) from None
     except OSError as exc:
@@ -75,6 +82,23 @@ def write_output(output: Path, data: bytes, *, force: bool = False) -> None:
     finally:
         Path(tmp).unlink(missing_ok=True)
     fsync_dir(output.parent)
+
+
+def _link_or_create(tmp: str, output: Path, data: bytes) -> None:
+    """Put the finished `tmp` at `output` unless the name is taken (FileExistsError). A file system without
+    hard links (FAT on a USB stick, some network mounts) gets an exclusive create instead: not atomic, but
+    it still never replaces a file."""
+    try:
+        os.link(tmp, output)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        with open(output, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _exists(output: Path) -> NstdError:

@@ -256,6 +256,12 @@ def test_an_output_folder_gets_a_file_named_after_the_input_and_style(
     # The derived name follows the same rule: it exists now.
     line = one_error_line(nstd(config, photo, "-o", folder, "--style", "vangogh"))
     assert line.startswith(f"error: {folder / 'photo.vangogh.jpg'} already exists")
+    # A folder that does not exist is not taken for a file without an extension.
+    line = one_error_line(nstd(config, photo, "-o", f"{tmp_path / 'no-such-folder'}/", "--style", "monet"))
+    assert line == (
+        f"error: cannot write {tmp_path / 'no-such-folder'}: there is no folder of that name, and an output "
+        "file needs a .jpg, .jpeg or .png extension"
+    )
     # A folder named like an image file is still a folder: the result goes in it.
     (tmp_path / "taken.png").mkdir()
     wrote = wrote_line(nstd(config, photo, "-o", tmp_path / "taken.png", "--style", "monet"))
@@ -399,3 +405,25 @@ def test_progress_goes_to_a_terminal_stderr_and_never_into_stdout(
     # stderr a pipe: no progress at all, only the log.
     piped = nstd(config, photo, "-o", tmp_path / f"{style}-2.jpg", *chosen)
     assert wrote_line(piped) and expected not in piped.stderr and "━" not in piped.stderr
+
+
+def test_without_hard_links_the_output_is_still_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A FAT-formatted USB stick has no hard links: os.link fails with EPERM there.
+    import errno
+
+    from nst_daemon.errors import NstdError
+    from nst_daemon.output_file import write_output
+
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    output = tmp_path / "out.jpg"
+    write_output(output, b"first")
+    assert output.read_bytes() == b"first"
+    with pytest.raises(NstdError, match="already exists"):
+        write_output(output, b"second")
+    assert output.read_bytes() == b"first"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jpg"]  # no temporary file left
