@@ -216,8 +216,9 @@ class Daemon:
         if self.watcher is not None:
             await self._bounded(self.watcher.stop(), "the watched folder")
         if self.queue is not None:
-            # The queue waits up to `grace` for the running job, then cancels it (the engine process ends
-            # it within CANCEL_WAIT_S), then gives deliveries in flight what time is left.
+            # The queue waits up to `grace` for the running job, then cancels it (a CycleGAN run by ending
+            # its engine process, an NST job at its next step) and queues it again, then gives deliveries
+            # in flight what time is left. A job still running at the deadline has its process ended.
             await self._bounded(
                 self.queue.shutdown(grace),
                 "the job queue",
