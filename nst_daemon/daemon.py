@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +24,17 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 3600.0
 CLOSE_TIMEOUT_S = 8.0
+# A shutdown ends within daemon.grace_period_s plus this, whatever is queued or being delivered: systemd's
+# TimeoutStopSec (30 s, for the default grace of 20 s) must leave a margin above it before its SIGKILL.
+SHUTDOWN_MARGIN_S = 4.0
+# After a second Ctrl-C (or SIGTERM): what is left of the shutdown gets this long.
+HURRY_S = 2.0
+# Of the time left, what the queue's step leaves to the engines and the bot to close cleanly.
+CLOSE_RESERVE_S = 1.0
+# A job still running at the queue's deadline has its engine process ended; the queue then gets this long
+# to queue it again before the shutdown goes on without it.
+ABORT_WAIT_S = 0.5
+EXIT_FATAL = 1  # a background task died: exit non-zero, so Restart=on-failure starts nstd again
 
 
 class Daemon:
@@ -34,6 +47,9 @@ class Daemon:
         self.queue: JobQueue | None = None
         self.watcher: Any = None
         self.bot: Any = None
+        self.exit_code = 0
+        self._signals = 0
+        self._deadline: float | None = None  # set when a shutdown starts; a second signal brings it forward
 
     async def start(self) -> None:
         settings = self.settings
@@ -89,8 +105,56 @@ class Daemon:
             return
         error = task.exception()
         if error is not None:
-            log.error("%s stopped: %s: %s; shutting down", task.get_name(), type(error).__name__, error)
+            # Without its worker (or bot, or watcher) the daemon cannot do its job: stop, and say so in
+            # the exit status, so that systemd's Restart=on-failure starts it again.
+            log.error(
+                "%s stopped: %s: %s; exiting with status %d so that nstd is restarted",
+                task.get_name(),
+                type(error).__name__,
+                error,
+                EXIT_FATAL,
+            )
+            self.exit_code = EXIT_FATAL
             self.stop_event.set()
+
+    def on_signal(self, signum: int) -> None:
+        """SIGTERM or SIGINT. The first lets a running job finish within the grace period; a second stops
+        at once, the running job left queued for the next start."""
+        self._signals += 1
+        name = signal.Signals(signum).name
+        running = self.queue.running_job_id if self.queue is not None else None
+        if self._signals == 1:
+            if running is None:
+                log.info("%s: shutting down", name)
+            else:
+                log.warning(
+                    "%s: finishing job %s (up to %.0f s), press Ctrl-C again to stop now (it stays queued)",
+                    name,
+                    running,
+                    self.settings.daemon.grace_period_s,
+                )
+            self.stop_event.set()
+        elif self._signals == 2:
+            log.warning("%s again: stopping now" + (f"; job {running} stays queued" if running else ""), name)
+            self.hurry()
+        else:
+            log.info("%s: already stopping", name)
+
+    def hurry(self) -> None:
+        """Stop now: the running job is cancelled and re-queued, its engine process ended (a CycleGAN run
+        cannot be interrupted otherwise), and what is left of the shutdown gets HURRY_S."""
+        self.stop_event.set()
+        hurried = time.monotonic() + HURRY_S
+        self._deadline = hurried if self._deadline is None else min(self._deadline, hurried)
+        if self.queue is not None:
+            self.queue.stop_now()
+        self._abort_engines()
+
+    def _abort_engines(self) -> None:
+        """End the engine process now (a running job is then cancelled and queued again)."""
+        abort = getattr(self._runner, "abort", None)
+        if abort is not None:
+            abort()
 
     def status_line(self) -> str:
         assert self.queue is not None
@@ -129,45 +193,96 @@ class Daemon:
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def serve(self) -> int:
+        """Run until stopped; the exit status: 0, or EXIT_FATAL when a background task died."""
         await self.start()
         self.notifier.ready(self.status_line())
         log.info("nstd is running (%s)", self.status_line())
         await self.stop_event.wait()
         await self.shutdown()
-        return 0
+        return self.exit_code
 
     async def shutdown(self) -> None:
+        """Stop everything within daemon.grace_period_s + SHUTDOWN_MARGIN_S, however long the queue: the
+        running job finishes or is re-queued, the queued ones stay for the next start."""
         started = time.monotonic()
+        grace = self.settings.daemon.grace_period_s
+        overall = started + grace + SHUTDOWN_MARGIN_S
+        self._deadline = overall if self._deadline is None else min(self._deadline, overall)
         self.notifier.stopping()
         log.info("shutting down")
         # Stop intake first, so nothing new arrives while the running job finishes.
         if self.queue is not None:
             self.queue.stop_intake()
         if self.watcher is not None:
-            await self.watcher.stop()
+            await self._bounded(self.watcher.stop(), "the watched folder")
         if self.queue is not None:
-            await self.queue.shutdown(self.settings.daemon.grace_period_s)
+            # The queue waits up to `grace` for the running job, then cancels it (a CycleGAN run by ending
+            # its engine process, an NST job at its next step) and queues it again, then gives deliveries
+            # in flight what time is left. A job still running at the deadline has its process ended.
+            await self._bounded(
+                self.queue.shutdown(grace),
+                "the job queue",
+                reserve_s=CLOSE_RESERVE_S,
+                late=self._abort_engines,
+            )
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._bounded(asyncio.gather(*self._tasks, return_exceptions=True), "the background tasks")
         close_runner = getattr(self._runner, "close", None)
-        if close_runner is not None:
-            await asyncio.to_thread(close_runner)
+        closed = close_runner is None or await self._bounded(asyncio.to_thread(close_runner), "the engines")
+        if not closed:
+            self._abort_engines()  # the interpreter's exit would wait for the thread that stops them
         if self.bot is not None:
             # Stopped after the queue, so a job finishing in the grace period can still be delivered;
             # meanwhile new requests are answered "shutting down".
             try:
-                await asyncio.wait_for(self.bot.stop(), CLOSE_TIMEOUT_S)
+                await self._bounded(self.bot.stop(), "telegram", CLOSE_TIMEOUT_S)
             except Exception as exc:
                 log.warning("telegram: unclean stop: %s", exc)
         log.info("stopped in %.1f s", time.monotonic() - started)
+
+    async def _bounded(
+        self,
+        step: Awaitable[Any],
+        what: str,
+        limit_s: float | None = None,
+        reserve_s: float = 0.0,
+        late: Callable[[], None] | None = None,
+    ) -> bool:
+        """Await one step of the shutdown until the deadline less `reserve_s` (a second signal brings the
+        deadline forward while it waits). A step still running then gets `late()` and ABORT_WAIT_S more,
+        if `late` is given, and is then cancelled; the shutdown goes on. Each step gets a moment even past
+        the deadline, to end if it can. True if it ended."""
+        task = asyncio.ensure_future(step)
+        end = time.monotonic() + limit_s if limit_s is not None else None
+        first = True
+        while not task.done():
+            assert self._deadline is not None
+            deadline = self._deadline - reserve_s if end is None else min(end, self._deadline - reserve_s)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and late is not None:
+                log.warning("%s did not stop in time; ending the engine process", what)
+                late()
+                late, end = None, time.monotonic() + ABORT_WAIT_S
+                reserve_s = 0.0
+                continue
+            if remaining <= 0 and not first:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                log.warning("stopped waiting for %s", what)
+                return False
+            first = False
+            await asyncio.wait({task}, timeout=min(max(remaining, 0.05), 0.1))
+        task.result()  # its error, if any, is the caller's
+        return True
 
 
 async def serve(settings: Settings, runner: Runner | None = None) -> int:
     daemon = Daemon(settings, runner)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, daemon.stop_event.set)
+        loop.add_signal_handler(signum, daemon.on_signal, signum)
     try:
         return await daemon.serve()
     except NstdError:
@@ -176,5 +291,6 @@ async def serve(settings: Settings, runner: Runner | None = None) -> int:
 
 
 def run(settings: Settings) -> int:
-    """Run the daemon until SIGTERM or SIGINT; startup problems surface as one-line NstdErrors."""
+    """Run the daemon until SIGTERM or SIGINT (a second one stops at once); startup problems surface as
+    one-line NstdErrors. The exit status is non-zero when a background task died."""
     return asyncio.run(serve(settings))

@@ -7,6 +7,11 @@ child process the engines have an interpreter and a GIL of their own. The child 
 and the CUDA context back to the system when it exits after the idle unload, and a driver crash or an
 out-of-memory kill fails one job instead of taking the daemon down.
 
+The child never outlives the daemon: it asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`)
+and exits at once when its command pipe reaches end of file, which is how it sees the daemon go even in the
+middle of an ONNX Runtime call that no cancel reaches. A daemon restarted after a SIGKILL so never shares
+the GPU with a stale child.
+
 `ProcessRunner` is the parent's side: it has the `Runner` interface of jobs.py and is called from the
 queue's worker thread. The child runs the ordinary `EngineRunner` and is started by the first job. Images
 go to it as stored (JPEG bytes) and are decoded there, and the result comes back as the JPEG the queue
@@ -17,13 +22,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.util  # registers its exit handler now, so that `_kill_children` runs before it
+import os
 import pickle
 import queue
 import signal
+import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -39,6 +48,12 @@ POLL_S = 0.05
 STOP_TIMEOUT_S = 10.0
 # Unloading a model can wait on the GPU driver; a child that does not answer in this time is stopped.
 REPLY_TIMEOUT_S = 60.0
+# After a cancel, an NST job stops at its next step: under a second, or a few on a busy CPU. One that has
+# not stopped in this time (a hung driver) is ended with its process. A shutdown does not wait this long:
+# at its deadline the daemon calls `abort`.
+CANCEL_WAIT_S = 30.0
+# prctl(2): the signal the kernel sends this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 # Children still running when the interpreter exits. multiprocessing's own exit handler would SIGTERM them,
 # which they ignore (see `serve`), and then wait forever; this handler, registered later, runs first.
@@ -54,7 +69,31 @@ def _kill_children() -> None:
 
 
 class EngineProcessDied(NstdError):
-    """The child process ended in the middle of a job; the next job starts a new one."""
+    """The child process ended in the middle of a job, not at the daemon's request; the next job starts a
+    new one. The queue reads these attributes to decide who is to blame and whether to retry:
+
+    - `exitcode`: the child's exit status when it exited by itself (a crash in native code, `os._exit`),
+      else None.
+    - `signal`: the number of the signal that killed it (e.g. 9 for SIGKILL, 11 for SIGSEGV), else None.
+    - `oom_suspected`: True when that signal is SIGKILL and the daemon did not send it. On Linux that is
+      nearly always the kernel's out-of-memory killer (or systemd-oomd, or an administrator's kill -9):
+      the run needed more memory than the machine had, and a smaller working size may fit.
+
+    A child that the daemon ends itself (a cancel, a shutdown) raises `Cancelled` instead, never this.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        signal: int | None = None,
+        oom_suspected: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal = signal
+        self.oom_suspected = oom_suspected
 
 
 class RemoteTraceback(Exception):
@@ -81,6 +120,7 @@ class ProcessRunner:
         self._process: Any = None
         self._commands: Connection | None = None
         self._events: Connection | None = None
+        self._aborting = False  # `abort` ended the child: its death is no crash
         # One job or one unload at a time; the pipes carry one conversation.
         self._lock = threading.Lock()
 
@@ -102,6 +142,8 @@ class ProcessRunner:
             try:
                 kind, payload = self._converse(job, (content, *styles), progress, cancel)
             except EngineProcessDied:
+                if cancel.is_set() or self._aborting:  # ended on purpose (a hurried shutdown): no crash
+                    raise Cancelled() from None
                 raise
             except BaseException:
                 # Left mid-job (a progress callback failed, the thread was interrupted): the child's next
@@ -119,11 +161,19 @@ class ProcessRunner:
         self._send(("run", job, len(images)))
         for image in images:
             self._send(image)
-        cancel_sent = False
+        # A CycleGAN job is one ONNX Runtime call that no cancel interrupts: ending the process is the only
+        # way to stop it, so it is not waited for. An NST job checks its cancel at every step.
+        cancel_wait = 0.0 if job.engine == "cyclegan" else CANCEL_WAIT_S
+        cancel_sent: float | None = None
         while True:
-            if cancel.is_set() and not cancel_sent:
-                self._send(("cancel",))
-                cancel_sent = True
+            if cancel.is_set():
+                if cancel_sent is None:
+                    self._send(("cancel",))
+                    cancel_sent = time.monotonic()
+                if time.monotonic() - cancel_sent >= cancel_wait:
+                    # `run` ends the process on the way out, as for any job left midway.
+                    log.info("job %s: ending the engine process to cancel it", job.id)
+                    raise Cancelled()
             event = self._receive(POLL_S)
             if event is None:
                 continue
@@ -157,6 +207,14 @@ class ProcessRunner:
         finally:
             self._lock.release()
 
+    def abort(self) -> None:
+        """End the child now, from any thread (a second Ctrl-C): the job it runs raises `Cancelled` in
+        the worker thread, so its queue re-queues it, and the next job starts a new child."""
+        process = self._process
+        if process is not None:
+            self._aborting = True
+            process.kill()  # the worker thread owns the pipes: it sees the child go and lets go of them
+
     def close(self) -> None:
         """Stop the child. The queue has finished or cancelled its job by now; should a job still hold
         the runner after STOP_TIMEOUT_S, the child is killed and that job fails."""
@@ -178,7 +236,7 @@ class ProcessRunner:
         events_out, events_in = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=serve,
-            args=(self.settings, self.make_runner, commands_out, events_in),
+            args=(self.settings, self.make_runner, commands_out, events_in, os.getpid()),
             name="nstd-engines",
             daemon=True,
         )
@@ -187,6 +245,7 @@ class ProcessRunner:
         commands_out.close()  # the child's ends: closing ours lets each side see the other go away
         events_in.close()
         self._process, self._commands, self._events = process, commands_in, events_out
+        self._aborting = False
         log.info("engine process started (pid %s)", process.pid)
 
     def _stop(self) -> None:
@@ -241,18 +300,26 @@ class ProcessRunner:
         process = self._process
         process.join(1.0)
         code = process.exitcode
+        by_us = self._aborting
         self._discard()
-        if code is not None and code < 0:
+        signum = -code if code is not None and code < 0 else None
+        oom_suspected = signum == signal.SIGKILL and not by_us
+        if signum is not None:
             try:
-                how = f"was killed by {signal.Signals(-code).name}"
+                how = f"was killed by {signal.Signals(signum).name}"
             except ValueError:
-                how = f"was killed by signal {-code}"
-            if code == -signal.SIGKILL:
+                how = f"was killed by signal {signum}"
+            if oom_suspected:
                 how += " (out of memory?)"
         else:
             how = f"exited with code {code}"
-        log.error("the engine process %s", how)
-        return EngineProcessDied(f"the engine process {how}; the next job starts a new one")
+        (log.info if by_us else log.error)("the engine process %s", how)
+        return EngineProcessDied(
+            f"the engine process {how}; the next job starts a new one",
+            exitcode=code if signum is None else None,
+            signal=signum,
+            oom_suspected=oom_suspected,
+        )
 
 
 def _rebuild(kind: str, message: str, error: BaseException | None, remote_traceback: str) -> BaseException:
@@ -271,10 +338,30 @@ def _rebuild(kind: str, message: str, error: BaseException | None, remote_traceb
 # --- the child -------------------------------------------------------------------------------------------
 
 
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Have the kernel SIGKILL this process when the daemon dies, however it dies (kill -9 included).
+
+    Linux sends it when the *thread* that started the child ends: the daemon starts it from the asyncio
+    executor's worker threads, which live as long as the daemon. Should the daemon already be gone before
+    this call, the parent is someone else by now, and the child leaves at once.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)
+
+
 def serve(
-    settings: Settings, make_runner: Callable[[Settings], Any], commands: Connection, events: Connection
+    settings: Settings,
+    make_runner: Callable[[Settings], Any],
+    commands: Connection,
+    events: Connection,
+    parent_pid: int | None = None,
 ) -> None:
     """The child's main: runs jobs from `commands` one at a time, reporting on `events`."""
+    _die_with_parent(parent_pid)
     # Stopping is the parent's decision: systemd's SIGTERM and a terminal's Ctrl-C reach the whole process
     # group, and a job cut short here would fail instead of finishing within the grace period.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -294,8 +381,11 @@ def serve(
                 if message[0] == "run":  # the images follow, one message each
                     kind, job, count = message
                     message = (kind, job, [commands.recv_bytes() for _ in range(count)])
-            except (EOFError, OSError):  # the parent is gone
-                message = ("stop",)
+            except (EOFError, OSError):
+                # The daemon is gone (or has let go of this process after killing it). Nobody can take a
+                # result any more, and the main thread may be inside an ONNX Runtime call for a minute:
+                # leave now, so the memory (on a GPU, a second copy of the models) goes with the daemon.
+                os._exit(0)
             if message[0] in ("cancel", "stop"):
                 cancel.set()
             if message[0] == "cancel":

@@ -416,6 +416,8 @@ class JobQueue:
                 self._worker_idle.set()
 
     def _claim_next(self) -> Job | None:
+        if not self._accepting:  # shutting down: the running job may finish, no other one starts
+            return None
         rows = self._rows("state = 'queued'", suffix="order by id limit 1")
         if not rows:
             return None
@@ -639,6 +641,14 @@ class JobQueue:
 
     def stop_intake(self) -> None:
         self._accepting = False
+
+    def stop_now(self) -> None:
+        """Stop without waiting for the running job: it is cancelled and queued again (a second Ctrl-C)."""
+        self._accepting = False
+        self._stopping = True
+        self._wakeup.set()
+        if self._running is not None:
+            self._running[1].set()
 
     async def shutdown(self, grace_s: float) -> None:
         """Let a running job finish within the grace period, else cancel it so it is re-queued."""

@@ -110,8 +110,8 @@ class EngineRunner:
         if model is None:
             raise UnknownStyle(style, list(STYLE_MODELS))
         engine = self._engine(model)
-        progress(0.05)
-        image = engine.stylize(content, max_side=max_side, cancel=cancel)
+        # The engine reports estimates while its one ONNX Runtime call runs, this the end.
+        image = engine.stylize(content, max_side=max_side, cancel=cancel, progress=progress)
         progress(1.0)
         return RunResult(
             image, {"device": engine.provider, "model": model, "max_side": max_side, "size": list(image.size)}

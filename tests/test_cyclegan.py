@@ -233,3 +233,46 @@ def test_export_refuses_a_wrong_checkpoint(tmp_path: Path) -> None:
 
 def test_physical_cores() -> None:
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_estimated_progress_stays_below_one() -> None:
+    """In step with the estimate up to 0.9, then creeping: never 1, never backwards, whatever the error."""
+    assert cg.estimated_fraction(0.0, 10.0) == 0.0
+    assert cg.estimated_fraction(5.0, 10.0) == pytest.approx(0.45)
+    assert cg.estimated_fraction(10.0, 10.0) == pytest.approx(0.9)
+    fractions = [cg.estimated_fraction(seconds / 10, 10.0) for seconds in range(0, 10_000)]
+    assert fractions == sorted(fractions) and max(fractions) <= 0.99
+    assert cg.estimated_fraction(3.0, 0.0) == 0.0  # no estimate yet: no guess
+
+
+def test_progress_is_reported_while_the_onnx_runtime_call_runs(
+    installed_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: 15-60 s of silence during a CycleGAN job. The run below cannot return before the engine
+    has reported progress from inside it, so the test does not depend on how fast this machine is."""
+    monkeypatch.setattr(cg, "PROGRESS_TICK_S", 0.01)
+    engine = CycleGANEngine(installed_models_dir / "generator.onnx", device="cpu")
+    engine.load()
+    assert engine.estimate_s(64, 64) > 0, "the warm-up run at load gives a first estimate"
+    assert engine.estimate_s(128, 128) == pytest.approx(4 * engine.estimate_s(64, 64))
+    reported_during_run = threading.Event()
+    fractions: list[float] = []
+
+    class WaitsForProgress:
+        def __init__(self, session: object) -> None:
+            self.session = session
+
+        def run(self, *args: object) -> object:
+            assert reported_during_run.wait(30), "no progress while the run went on"
+            return self.session.run(*args)
+
+    engine._session = WaitsForProgress(engine._session)  # type: ignore[assignment]
+
+    def progress(fraction: float) -> None:
+        fractions.append(fraction)
+        reported_during_run.set()
+
+    result = engine.stylize(random_image((64, 48), seed=3), progress=progress)
+    assert result.size == (64, 48)
+    assert fractions and all(0 < fraction < 1 for fraction in fractions)
+    assert fractions == sorted(fractions)

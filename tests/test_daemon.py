@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
-from conftest import wait_until
+import pytest
+from conftest import DaemonProcess, wait_until
 from PIL import Image
 
 from nst_daemon import imaging
@@ -216,3 +221,161 @@ def test_engines_run_in_their_own_process(daemon_config, daemon_process) -> None
     assert new_engines != engines
     assert daemon.stop() == 0
     wait_until(lambda: not Path(f"/proc/{new_engines}").exists(), 15, message="the engine process to end")
+
+
+# --- shutdown and signals: a daemon whose engine process hangs in every job, as a long CycleGAN run does ----
+
+
+class HangingDaemon(DaemonProcess):
+    """The daemon of `nstd run`, its engine process running `engine_stubs.HangingRunner`: every job
+    reports progress and then ignores its cancel, as one long ONNX Runtime call does. No CPU is used."""
+
+    def start(self, wait_for: str | None = "nstd is running", timeout: float = 60) -> DaemonProcess:
+        tests = str(Path(__file__).resolve().parent)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(Path(tests).parent), tests])
+        self.lines = []
+        config = [str(self.config)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import engine_stubs; engine_stubs.serve_with_hanging_engines()", *config],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        if wait_for:
+            self.wait_for_log(wait_for, timeout)
+        return self
+
+
+def hanging_daemon_with_jobs(
+    daemon_config, tmp_path: Path, grace_s: float, photos: int, hang_s: float | None = None, folder="monet"
+):
+    """A hanging daemon with `photos` CycleGAN jobs queued and one running: (daemon, settings, the names
+    of the photos, the running job's id)."""
+    config = daemon_config(watch={"enabled": True, "settle_s": 0.1}, daemon={"grace_period_s": grace_s})
+    settings = load_settings(config)
+    daemon = HangingDaemon(config, env={"STUB_HANG_S": str(hang_s)} if hang_s is not None else None)
+    daemon.start()
+    names = [f"p{index}.jpg" for index in range(photos)]
+    if folder == "nst":
+        drop(settings.watch.dir / "styles" / "s.jpg", (220, 30, 30), (64, 64))
+    for name in names:
+        drop(settings.watch.dir / "inbox" / folder / name, (30, 140, 220), (48, 36))
+    wait_until(lambda: all(job_row(settings.db_path, name) for name in names), 60, message="the jobs")
+    rows = wait_until(
+        lambda: [row for name in names if (row := job_row(settings.db_path, name)) and row["progress"] > 0],
+        60,
+        message="a job's progress",
+    )
+    daemon.wait_for_log("engine process started")
+    return daemon, settings, names, rows[0]["id"]
+
+
+def engine_pid(daemon: DaemonProcess) -> int:
+    line = next(line for line in daemon.lines if "engine process started (pid" in line)
+    return int(line.rsplit("pid ", 1)[1].rstrip(")"))
+
+
+def stop_hanging(daemon: DaemonProcess) -> None:
+    """Kill the daemon and its hanging engine process (by pid) if the test left them running."""
+    child = engine_pid(daemon) if "engine process started" in daemon.log else None
+    daemon.kill()
+    if child is not None and not ended(child):
+        os.kill(child, signal.SIGKILL)
+
+
+def ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("folder", ["monet", "nst"])
+def test_sigterm_with_a_backlog_stops_within_the_grace_period_plus_5_s(
+    daemon_config, tmp_path: Path, folder: str
+) -> None:
+    """Issue 19: SIGTERM with a backlog took 17-37 s. The running job gets the grace period, is then ended
+    with its engine process and queued again; no other job starts; the daemon is gone in grace + 5 s.
+    A CycleGAN job's process is ended at the cancel; an NST job that ignores it, at the deadline."""
+    grace = 3.0
+    daemon, settings, names, running = hanging_daemon_with_jobs(
+        daemon_config, tmp_path, grace, photos=4, folder=folder
+    )
+    try:
+        child = engine_pid(daemon)
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(grace + 30) == 0
+        assert time.monotonic() - started < grace + 5
+        assert f"finishing job {running} (up to 3 s), press Ctrl-C again to stop now" in daemon.log
+        rows = [job_row(settings.db_path, name) for name in names]
+        # The running one is queued again; no other one started.
+        assert [row["state"] for row in rows] == ["queued"] * len(names), rows
+        assert daemon.log.count("engine process started") == 1
+        wait_until(lambda: ended(child), 10, message="the engine process to end")
+    finally:
+        stop_hanging(daemon)
+
+
+def test_a_job_that_finishes_in_the_grace_period_is_the_last_to_start(daemon_config, tmp_path: Path) -> None:
+    """The backlog's other half: the queue's worker took the next job while the daemon was stopping, so
+    the shutdown then waited on a job that had only just begun, and left it 'running'."""
+    daemon, settings, names, running = hanging_daemon_with_jobs(
+        daemon_config, tmp_path, grace_s=60, photos=3, hang_s=3
+    )
+    try:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+        states = {row["id"]: row["state"] for row in (job_row(settings.db_path, name) for name in names)}
+        assert states.pop(running) == "done"
+        assert set(states.values()) == {"queued"}, states
+        assert daemon.log.count("started (attempt") == 1
+    finally:
+        stop_hanging(daemon)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_the_job_queued(daemon_config, tmp_path: Path) -> None:
+    """Issue 18: a second Ctrl-C was ignored without a word while a CycleGAN job ran out its grace."""
+    grace = 120.0
+    daemon, settings, names, running = hanging_daemon_with_jobs(daemon_config, tmp_path, grace, photos=2)
+    try:
+        child = engine_pid(daemon)
+        daemon.signal(signal.SIGINT)
+        daemon.wait_for_log("press Ctrl-C again to stop now")
+        started = time.monotonic()
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait(60) == 0
+        assert time.monotonic() - started < grace / 4  # nowhere near the grace period
+        assert f"SIGINT again: stopping now; job {running} stays queued" in daemon.log
+        rows = [job_row(settings.db_path, name) for name in names]
+        assert [row["state"] for row in rows] == ["queued", "queued"], rows
+        wait_until(lambda: ended(child), 10, message="the engine process to end")
+        assert "Traceback" not in daemon.log
+    finally:
+        stop_hanging(daemon)
+
+
+def test_a_dead_background_task_exits_non_zero(daemon_config, monkeypatch) -> None:
+    """Issue 19: a worker crash (a full disk, once) logged 'shutting down' and exited 0, so systemd's
+    Restart=on-failure left nstd down. Any background task that dies makes the exit status non-zero."""
+    from nst_daemon.daemon import Daemon
+    from nst_daemon.jobs import JobQueue
+
+    async def crash(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(JobQueue, "run_worker", crash)
+    settings = load_settings(daemon_config())
+
+    class NoEngines:
+        def run(self, *args: object) -> None:
+            raise AssertionError("no job runs")
+
+        def unload_idle(self, idle_s: float) -> list[str]:
+            return []
+
+    code = asyncio.run(asyncio.wait_for(Daemon(settings, runner=NoEngines()).serve(), 60))
+    assert code == 1

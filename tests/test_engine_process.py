@@ -6,46 +6,25 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import image_corpus as corpus
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import REPO, wait_until
+from engine_stubs import ScriptedRunner, make_job
 from PIL import Image
 
-from nst_daemon import imaging
+from nst_daemon import engine_process, imaging
 from nst_daemon.config import ImagesSettings, Settings
 from nst_daemon.engine_process import EngineProcessDied, ProcessRunner, RemoteTraceback, _portable, _rebuild
 from nst_daemon.errors import Cancelled, NstdError
 from nst_daemon.jobs import Job
 from nst_daemon.runner import EngineRunner, decode_inputs
-
-
-def make_job(engine: str = "cyclegan", styles: list[str] | None = None, job_id: int = 1) -> Job:
-    return Job(
-        id=job_id,
-        source="cli",
-        owner="test",
-        engine=engine,
-        styles=["monet"] if styles is None else styles,
-        params={},
-        state="running",
-        progress=0.0,
-        attempts=1,
-        error=None,
-        input_keys=[],
-        output_key=None,
-        delivery="pending",
-        delivery_attempts=0,
-        reply={},
-        created_at=time.time(),
-        started_at=time.time(),
-        finished_at=None,
-    )
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (80, 60)) -> bytes:
@@ -222,8 +201,12 @@ def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(runner: Pr
 
     threading.Thread(target=kill_after_progress, daemon=True).start()
     job, cancel = make_job(engine="nst", styles=[], job_id=2), threading.Event()
-    with pytest.raises(EngineProcessDied, match=r"was killed by SIGKILL \(out of memory\?\); the next job"):
+    with pytest.raises(
+        EngineProcessDied, match=r"was killed by SIGKILL \(out of memory\?\); the next job"
+    ) as died:
         runner.run(job, photo(size=(128, 96)), [photo(1, (64, 64))], lambda f: progressed.set(), cancel)
+    # A SIGKILL the daemon did not send: the queue's blame reads these.
+    assert (died.value.signal, died.value.exitcode, died.value.oom_suspected) == (signal.SIGKILL, None, True)
     assert runner.pid is None
     result = runner.run(make_job(job_id=3), photo(), [], lambda f: None, threading.Event())
     assert result.jpeg
@@ -278,3 +261,143 @@ def test_a_job_left_midway_takes_the_child_with_it(runner: ProcessRunner) -> Non
     assert runner.pid is None
     result = runner.run(make_job(job_id=2), photo(seed=5), [], lambda f: None, threading.Event())
     assert result.report["model"] == "style_monet" and result.jpeg
+
+
+# --- the child's lifetime: cancel, abort, crashes, the parent's death (stub runners: no CPU) --------------
+
+
+@pytest.fixture
+def scripted(settings: Settings) -> Any:
+    runner = ProcessRunner(settings, make_runner=ScriptedRunner)
+    yield runner
+    runner.close()
+
+
+def run_in_thread(runner: ProcessRunner, job: Job, cancel: threading.Event) -> tuple[threading.Event, dict]:
+    """Start `job` in a thread; returns (set once the child reported progress, {"error"/"result": ...})."""
+    progressed, outcome = threading.Event(), {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = runner.run(job, b"", [], lambda f: progressed.set(), cancel)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    outcome["thread"] = thread
+    return progressed, outcome
+
+
+@pytest.mark.parametrize("engine", ["cyclegan", "nst"])
+def test_cancel_ends_a_run_that_does_not_stop_by_itself(
+    scripted: ProcessRunner, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CycleGAN job is one ONNX Runtime call that no cancel reaches (here: a 10-minute sleep). The
+    cancel ends the child: at once for CycleGAN, after CANCEL_WAIT_S for an NST job that did not stop."""
+    monkeypatch.setattr(engine_process, "CANCEL_WAIT_S", 1.0)
+    cancel = threading.Event()
+    progressed, outcome = run_in_thread(scripted, make_job(engine, hang_s=600), cancel)
+    assert progressed.wait(60)
+    child = scripted.pid
+    cancel.set()
+    outcome["thread"].join(60)
+    assert isinstance(outcome.get("error"), Cancelled), outcome
+    wait_until(lambda: gone(child), 10, message="the cancelled child to end")
+    # The next job gets a new child.
+    result = scripted.run(make_job(engine, job_id=2), b"", [], lambda f: None, threading.Event())
+    assert result.report["pid"] not in (None, child)
+
+
+def test_abort_ends_the_child_at_once_and_the_job_is_cancelled_not_failed(scripted: ProcessRunner) -> None:
+    """A second Ctrl-C: the daemon aborts the run; the queue gets Cancelled (and re-queues the job)."""
+    progressed, outcome = run_in_thread(scripted, make_job("nst", hang_s=600), threading.Event())
+    assert progressed.wait(60)
+    child = scripted.pid
+    scripted.abort()
+    outcome["thread"].join(60)
+    assert isinstance(outcome.get("error"), Cancelled), outcome
+    assert gone(child) and scripted.pid is None
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"exit_code": 3}, (None, 3, False, "exited with code 3")),
+        ({"signal": signal.SIGSEGV}, (signal.SIGSEGV, None, False, "was killed by SIGSEGV;")),
+        ({"signal": signal.SIGKILL}, (signal.SIGKILL, None, True, "was killed by SIGKILL (out of memory?);")),
+    ],
+)
+def test_a_dead_child_says_how_it_died(scripted: ProcessRunner, params: dict, expected: tuple) -> None:
+    with pytest.raises(EngineProcessDied) as died:
+        scripted.run(make_job(**params), b"", [], lambda f: None, threading.Event())
+    error = died.value
+    assert (error.signal, error.exitcode, error.oom_suspected) == expected[:3]
+    assert expected[3] in error.message
+
+
+def test_the_child_asks_to_die_with_its_parent(scripted: ProcessRunner) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    result = scripted.run(make_job(), b"", [], lambda f: None, threading.Event())
+    assert result.report["death_signal"] == signal.SIGKILL
+
+
+PARENT = """
+import sys, threading
+from nst_daemon.config import Settings
+from nst_daemon.engine_process import ProcessRunner
+from engine_stubs import ScriptedRunner, make_job
+
+settings = Settings.model_validate({"paths": {"state_dir": sys.argv[1], "models_dir": sys.argv[1]}})
+runner = ProcessRunner(settings, make_runner=ScriptedRunner)
+reported = []
+
+def progress(fraction):
+    if not reported:
+        reported.append(print(runner.pid, flush=True))
+
+runner.run(make_job(hang_s=600), b"", [], progress, threading.Event())
+"""
+
+
+def gone(pid: int | None) -> bool:
+    """The process has ended (a zombie left for a parent that does not reap it counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("how", ["main thread", "worker thread"])
+def test_the_child_dies_with_a_killed_parent(tmp_path: Path, how: str) -> None:
+    """The daemon SIGKILLed in the middle of a run that ignores cancels: its engine child goes too, instead
+    of holding its memory (on a GPU, a second copy of the models beside a restarted daemon's) for
+    minutes. The daemon starts children from its executor's threads, hence both cases."""
+    script = (
+        PARENT
+        if how == "main thread"
+        else PARENT.replace(
+            'runner.run(make_job(hang_s=600), b"", [], progress, threading.Event())',
+            "threading.Thread(target=runner.run, args=(make_job(hang_s=600), b'', [], progress, "
+            "threading.Event())).start()",
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    child = None
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert not gone(child)
+        parent.kill()
+        parent.wait(10)
+        # Within about a second in practice; the bound is only there so that a failure ends the test.
+        wait_until(lambda: gone(child), 20, interval=0.02, message="the orphaned engine child to end")
+    finally:
+        parent.kill()
+        if child is not None and not gone(child):
+            os.kill(child, signal.SIGKILL)

@@ -73,9 +73,13 @@ def test_service_contract() -> None:
 
 
 def test_stop_timeout_covers_the_grace_period() -> None:
-    """SIGKILL must not come before the daemon had grace_period_s for the job and a few s to close."""
+    """SIGKILL must not come before the daemon had grace_period_s for the job and a few s to close: the
+    daemon bounds its shutdown at grace + SHUTDOWN_MARGIN_S (issue 19: once it took 37 s, past 30 s)."""
+    from nst_daemon.daemon import CLOSE_RESERVE_S, HURRY_S, SHUTDOWN_MARGIN_S
+
     grace = tomllib.loads((REPO / "config.toml").read_text())["daemon"]["grace_period_s"]
-    assert seconds(one("TimeoutStopSec")) >= grace + 5
+    assert SHUTDOWN_MARGIN_S <= 5 and CLOSE_RESERVE_S < HURRY_S <= SHUTDOWN_MARGIN_S
+    assert seconds(one("TimeoutStopSec")) >= grace + 10
 
 
 def test_sandbox_keeps_the_gpu_reachable() -> None:

@@ -2,17 +2,25 @@
 
 The torch network exists only to load an upstream `latest_net_G` checkpoint and export it once; the daemon
 runs the exported .onnx through ONNX Runtime (CUDA provider, CPU fallback).
+
+Progress: a translation is one ONNX Runtime call (15-60 s for a photo on a CPU), which reports nothing
+while it runs. Tiling would give true progress but not the same picture: every InstanceNorm layer
+normalises over the whole image, so tiles come out with their own colours and seams. The engine reports
+an estimate instead, from the time per pixel of its earlier runs (at first, of its warm-up run at load,
+which overestimates a photo's by about half on a CPU), and never reports 1 before the call returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +45,8 @@ MIN_SIDE = 5  # padded to 8, the residual blocks see 2 px: the least their refle
 EXPORT_CHECK_TOLERANCE = 1e-4
 EXPORT_CHECK_SIZES = ((68, 84), (64, 48))  # (H, W): an odd multiple of 4 and a non-square one
 OPSET = 18
+PROGRESS_TICK_S = 0.5  # how often an estimate is reported while a run goes on
+WARMUP_SIDE = 64
 _LEGACY_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
@@ -307,6 +317,46 @@ def from_model_output(output: np.ndarray, size: tuple[int, int]) -> Image.Image:
 # --- the ONNX Runtime engine --------------------------------------------------------------------------------
 
 
+def estimated_fraction(elapsed_s: float, estimate_s: float) -> float:
+    """The progress to show `elapsed_s` into a run expected to take `estimate_s`: in step with the estimate
+    up to 0.9, then creeping towards 0.99 however long an underestimated run takes. Never 1: only the
+    run's end says it is done."""
+    if estimate_s <= 0:
+        return 0.0
+    ratio = elapsed_s / estimate_s
+    if ratio <= 1.0:
+        return 0.9 * ratio
+    return 0.99 - 0.09 * math.exp(1.0 - ratio)
+
+
+class _ProgressTicker:
+    """Reports `estimated_fraction` every PROGRESS_TICK_S from its own thread while the `with` body runs."""
+
+    def __init__(self, progress: Callable[[float], None], estimate_s: float) -> None:
+        self._progress = progress
+        self._estimate_s = estimate_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="cyclegan-progress", daemon=True)
+
+    def __enter__(self) -> _ProgressTicker:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        # Joined before the caller goes on: the engine process's progress pipe takes one sender at a time.
+        self._thread.join()
+
+    def _tick(self) -> None:
+        while not self._done.wait(PROGRESS_TICK_S):
+            try:
+                self._progress(estimated_fraction(time.monotonic() - self._started, self._estimate_s))
+            except Exception:  # a failing listener must not end the run; the caller sees its own errors
+                log.debug("progress callback failed", exc_info=True)
+                return
+
+
 def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict[str, object]]]:
     """Providers in preference order, limited to those this onnxruntime build has."""
     import onnxruntime as ort
@@ -358,6 +408,8 @@ class CycleGANEngine:
         self._input_name = ""
         self._lock = threading.Lock()  # one run at a time: sessions are thread-safe, memory is not
         self._load_lock = threading.Lock()
+        # Seconds per input pixel, from the latest run (the warm-up's until a real one): the estimate.
+        self._seconds_per_pixel = 0.0
 
     @property
     def loaded(self) -> bool:
@@ -423,16 +475,31 @@ class CycleGANEngine:
         self._session = session
         self._input_name = session.get_inputs()[0].name
         # The first run allocates the arena and picks kernels; pay it at load, not in the first job.
-        warm = np.zeros((1, 3, 64, 64), dtype=np.float32)
+        warm = np.zeros((1, 3, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
+        started = time.perf_counter()
         session.run(None, {self._input_name: warm})
+        if not self._seconds_per_pixel:
+            self._seconds_per_pixel = (time.perf_counter() - started) / WARMUP_SIDE**2
+
+    def estimate_s(self, height: int, width: int) -> float:
+        """How long a run on a (padded) height × width input is expected to take; 0 before any run."""
+        return self._seconds_per_pixel * height * width
 
     def unload(self) -> None:
         self._session = None
 
     def stylize(
-        self, image: Image.Image, *, max_side: int | None = None, cancel: threading.Event | None = None
+        self,
+        image: Image.Image,
+        *,
+        max_side: int | None = None,
+        cancel: threading.Event | None = None,
+        progress: Callable[[float], None] | None = None,
     ) -> Image.Image:
-        """Translate an RGB image; the result has the input's size after fit_within(max_side)."""
+        """Translate an RGB image; the result has the input's size after fit_within(max_side).
+
+        `progress` gets estimates below 1 while the run goes on (see the module's docstring); the caller
+        reports the end. A cancel cannot stop the run itself: the engine process ends the process."""
         from nst_daemon.imaging import fit_within
 
         if cancel is not None and cancel.is_set():
@@ -440,7 +507,13 @@ class CycleGANEngine:
         if max_side is not None:
             image = fit_within(image, max_side)
         batch, size = to_model_input(image)
-        output = self.run_array(batch)
+        self.load()  # before the clock starts: a first load is no part of the run's estimate
+        height, width = batch.shape[2:]
+        ticker = _ProgressTicker(progress, self.estimate_s(height, width)) if progress else None
+        started = time.perf_counter()
+        with ticker or contextlib.nullcontext():
+            output = self.run_array(batch)
+        self._seconds_per_pixel = (time.perf_counter() - started) / (height * width)
         # A session run cannot be interrupted; a cancel during it discards the result.
         if cancel is not None and cancel.is_set():
             raise Cancelled()
