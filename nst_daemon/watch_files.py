@@ -1,0 +1,204 @@
+"""Files of the watched folder: reading what strangers drop there, and putting files where none is replaced.
+
+Anyone who can write in inbox/ chooses what the daemon opens, so a dropped file is opened once, without
+following a link and without waiting on a pipe, and every check is made on the opened descriptor: a name
+swapped between a check and the read cannot slip past it. Results and moved originals never replace a
+file already there, and names are cut to the file system's limit, in bytes, keeping their ending.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+from nst_daemon.errors import NstdError
+from nst_daemon.fsutil import fsync_dir
+
+# O_NOFOLLOW: a link is refused (ELOOP), not followed anywhere on the machine. O_NONBLOCK: a FIFO opens
+# at once instead of waiting forever for a writer (fstat then refuses it); on a regular file it does
+# nothing.
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+DEFAULT_NAME_MAX = 255
+# An ending longer than this is no file type ("x.<200 characters>"): it is cut like the rest of the name.
+MAX_KEPT_SUFFIX_BYTES = 16
+_MB = 1024 * 1024
+
+# Deliveries run in threads. Choosing a free name and taking it is one step under this lock wherever
+# hard links (which take a name atomically) are unavailable.
+_placing = threading.Lock()
+
+
+class RefusedFile(NstdError):
+    """A dropped file that is not read; the message is the reason written next to it in failed/."""
+
+
+def read_dropped_file(path: Path, max_bytes: int, limit_key: str = "images.max_bytes") -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `max_bytes`, else `RefusedFile`.
+
+    The size comes from fstat of the opened file, so a huge (or sparse) file is refused before a byte
+    of it is read. FileNotFoundError passes through: a file that went away needs no reason.
+    """
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RefusedFile(_open_refusal(exc)) from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile("not a regular file")
+        if info.st_size > max_bytes:
+            raise RefusedFile(too_large(info.st_size, max_bytes, limit_key))
+        try:
+            # Ask for one byte more than fstat said: a file that grew since is read to the limit at most.
+            data = file.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                data += file.read(max_bytes + 1 - len(data))
+        except OSError as exc:
+            raise RefusedFile(f"cannot read it: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise RefusedFile(too_large(len(data), max_bytes, limit_key))
+    return data
+
+
+def _open_refusal(exc: OSError) -> str:
+    if exc.errno in (errno.ELOOP, errno.EMLINK):  # Linux says ELOOP for O_NOFOLLOW on a link, BSDs EMLINK
+        return "symbolic links are not followed; copy the file into the folder instead"
+    if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device without driver
+        return "not a regular file"
+    return f"cannot read it: {exc.strerror or exc}"
+
+
+def too_large(size: int, limit: int, limit_key: str) -> str:
+    return f"file is {size / _MB:.1f} MB; the limit is {_megabytes(limit)} MB ({limit_key})"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / _MB:.1f}".removesuffix(".0")
+
+
+def printable(text: str) -> str:
+    """`text` for a log line: control characters escaped (a newline becomes \\n), so text from a file
+    name cannot start a forged line; letters of every script stay as they are."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+# --- names --------------------------------------------------------------------------------------------
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that `folder`'s file system takes (255 on most)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return DEFAULT_NAME_MAX
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`name` as (stem, suffix); an ending too long to be a file type stays in the stem."""
+    suffix = Path(name).suffix
+    if not suffix or len(os.fsencode(suffix)) > MAX_KEPT_SUFFIX_BYTES:
+        return name, ""
+    return name[: -len(suffix)], suffix
+
+
+def fit_name(stem: str, tail: str, limit: int) -> str:
+    """`stem + tail`, with the stem cut at a character boundary so that the name takes at most `limit`
+    bytes on disk (a UTF-8 character is 1 to 4 bytes; an undecodable byte is one character here)."""
+    room = limit - len(os.fsencode(tail))
+    if room < 1:
+        raise ValueError(f"no room for a name ending in {tail!r} within {limit} bytes")
+    while len(os.fsencode(stem)) > room:
+        # Cut about as many characters as there are bytes too many, at least one; a character is
+        # never split, so the result is still valid UTF-8.
+        excess = len(os.fsencode(stem)) - room
+        stem = stem[: -max(1, excess // 4)]
+    return stem + tail
+
+
+def candidate_names(stem: str, tail: str, limit: int) -> Iterator[str]:
+    """`stem+tail`, then `stem-1+tail`, `stem-2+tail`, ...: each within `limit` bytes. A cut stem gets
+    its number after the cut, so two long names with a common start still end up distinct."""
+    yield fit_name(stem, tail, limit)
+    for number in count(1):
+        yield fit_name(stem, f"-{number}{tail}", limit)
+
+
+# --- placing files without replacing any ---------------------------------------------------------------
+
+
+def write_new(folder: Path, stem: str, tail: str, data: bytes) -> Path:
+    """Write `data` as a new file in `folder` named from `stem` and `tail` (see `candidate_names`) and
+    return its path. A reader never sees half of it, and no existing file is replaced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # A short temporary name: the final name may already take the whole NAME_MAX.
+    fd, tmp_name = tempfile.mkstemp(prefix=".nstd-", suffix=".tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a result from the user's group
+        target = _take_name(tmp, folder, candidate_names(stem, tail, name_max(folder)))
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return target
+
+
+def move_new(source: Path, folder: Path, *, reserve_suffix: str = "") -> Path:
+    """Move `source` (a file, a link or anything else, never followed) into `folder` under its own name,
+    numbered and cut to fit as needed, and return where it went. With `reserve_suffix`, the name is
+    chosen so that `name + reserve_suffix` is free and fits too (the reason file next to it in failed/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, suffix = split_name(source.name)
+    limit = name_max(folder) - len(os.fsencode(reserve_suffix))
+    names = candidate_names(stem, suffix, limit)
+    if reserve_suffix:
+        names = (name for name in names if not os.path.lexists(folder / f"{name}{reserve_suffix}"))
+    return _take_name(source, folder, names)
+
+
+def _take_name(source: Path, folder: Path, names: Iterator[str]) -> Path:
+    """Give `source` the first of `names` that is free in `folder`; `source` itself goes away.
+
+    A hard link takes a name only if it is free, atomically, so not even another process can be
+    overwritten. Where links are unavailable (some file systems; a directory; protected_hardlinks), a
+    rename under `_placing` does it: nothing else in the daemon writes these folders meanwhile.
+    """
+    with _placing:
+        for name in names:
+            target = folder / name
+            try:
+                os.link(source, target, follow_symlinks=False)
+            except FileExistsError:
+                if _same_file(source, target):  # linked by an attempt that stopped before its unlink
+                    break
+                continue
+            except FileNotFoundError:
+                raise
+            except OSError:
+                if os.path.lexists(target):
+                    continue
+                os.rename(source, target)
+                return target
+            break
+        source.unlink()
+        return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
