@@ -25,10 +25,14 @@ from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest
 from nst_daemon.watch_files import (
     RefusedFile,
+    find_published,
     move_new,
     printable,
+    publish,
     read_dropped_file,
     split_name,
+    stage,
+    unstage,
     write_new,
 )
 
@@ -307,25 +311,32 @@ class FolderWatcher:
         source = Path(job.reply["path"])
         folder = job.reply["folder"]
         if job.state == "done" and result is not None:
-            result_path = await asyncio.to_thread(self._write_result, job, result)
+            staged = self.root / "outbox" / folder / f".nstd-job-{job.id}.tmp"
+            result_path = await asyncio.to_thread(self._write_result, job, staged, result)
             if str(result_path) != job.reply.get("result_path"):
-                # Recorded before the original moves: a redelivery after a crash finds it and writes
-                # no second copy.
                 self.queue.record_reply(job.id, {"result_path": str(result_path)})
+            # Only once the path is recorded: until then the staged name is how a redelivery after a
+            # crash finds the result it already wrote, rather than writing a second copy.
+            await asyncio.to_thread(unstage, staged)
             original = await asyncio.to_thread(self._move_original, source, self.root / "done" / folder)
         else:
             original = await asyncio.to_thread(self._move_to_failed, source, folder, job.error or job.state)
         if original is not None:
             self.queue.record_reply(job.id, {"original_path": str(original)})
 
-    def _write_result(self, job: Job, result: bytes) -> Path:
+    @staticmethod
+    def _write_result(job: Job, staged: Path, result: bytes) -> Path:
         recorded = job.reply.get("result_path")
         if recorded and os.path.lexists(recorded):
-            return Path(recorded)  # written by an earlier attempt that stopped before it was marked done
-        label = job.styles[0] if job.engine == "cyclegan" else "nst"
-        stem, _suffix = split_name(job.reply["name"])
-        # Never the name of an existing file: the same photo dropped twice gets two results.
-        return write_new(self.root / "outbox" / job.reply["folder"], stem, f".{label}.jpg", result)
+            return Path(recorded)  # written and recorded by an attempt that stopped before it was done
+        published = find_published(staged)
+        if published is None:
+            stage(staged, result)
+            label = job.styles[0] if job.engine == "cyclegan" else "nst"
+            stem, _suffix = split_name(job.reply["name"])
+            # Never the name of an existing file: the same photo dropped twice gets two results.
+            published = publish(staged, stem, f".{label}.jpg")
+        return published
 
     @staticmethod
     def _move_original(source: Path, folder: Path) -> Path | None:

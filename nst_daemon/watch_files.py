@@ -138,9 +138,56 @@ def write_new(folder: Path, stem: str, tail: str, data: bytes) -> Path:
     """Write `data` as a new file in `folder` named from `stem` and `tail` (see `candidate_names`) and
     return its path. A reader never sees half of it, and no existing file is replaced."""
     folder.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temporary(folder, data)
+    try:
+        target = _take_name(tmp, folder, candidate_names(stem, tail, name_max(folder)))
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return target
+
+
+def stage(staged: Path, data: bytes) -> None:
+    """Write `data`, complete and synced, as `staged` (a hidden name of the caller's: one per job), for
+    `publish`. A stale one is replaced by a rename, never rewritten in place: it may be linked to a
+    result the user already has."""
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(_write_temporary(staged.parent, data), staged)
+
+
+def publish(staged: Path, stem: str, tail: str) -> Path:
+    """Give the staged file a free name from `stem` and `tail` and return it. It is a hard link, so the
+    staged name stays until `unstage`: an attempt that stops in between can still tell which file it
+    made (`find_published`). Where hard links are unavailable it is a rename."""
+    target = _take_name(
+        staged, staged.parent, candidate_names(stem, tail, name_max(staged.parent)), keep=True
+    )
+    fsync_dir(staged.parent)
+    return target
+
+
+def find_published(staged: Path) -> Path | None:
+    """The file an earlier `publish` of `staged` made, if it got that far: the one with its inode."""
+    try:
+        info = os.lstat(staged)
+    except FileNotFoundError:
+        return None
+    if info.st_nlink < 2:
+        return None
+    with os.scandir(staged.parent) as entries:
+        for entry in entries:
+            if entry.path != str(staged) and os.path.samestat(entry.stat(follow_symlinks=False), info):
+                return Path(entry.path)
+    return None
+
+
+def unstage(staged: Path) -> None:
+    staged.unlink(missing_ok=True)
+
+
+def _write_temporary(folder: Path, data: bytes) -> Path:
     # A short temporary name: the final name may already take the whole NAME_MAX.
-    fd, tmp_name = tempfile.mkstemp(prefix=".nstd-", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
+    fd, name = tempfile.mkstemp(prefix=".nstd-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -148,12 +195,11 @@ def write_new(folder: Path, stem: str, tail: str, data: bytes) -> Path:
             os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a result from the user's group
-        target = _take_name(tmp, folder, candidate_names(stem, tail, name_max(folder)))
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(folder)
-    return target
+        os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would hide a result from the user's group
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
 
 
 def move_new(source: Path, folder: Path, *, reserve_suffix: str = "") -> Path:
@@ -169,8 +215,9 @@ def move_new(source: Path, folder: Path, *, reserve_suffix: str = "") -> Path:
     return _take_name(source, folder, names)
 
 
-def _take_name(source: Path, folder: Path, names: Iterator[str]) -> Path:
-    """Give `source` the first of `names` that is free in `folder`; `source` itself goes away.
+def _take_name(source: Path, folder: Path, names: Iterator[str], keep: bool = False) -> Path:
+    """Give `source` the first of `names` that is free in `folder`; `source` itself goes away unless
+    `keep` (and links work).
 
     A hard link takes a name only if it is free, atomically, so not even another process can be
     overwritten. Where links are unavailable (some file systems; a directory; protected_hardlinks), a
@@ -193,7 +240,8 @@ def _take_name(source: Path, folder: Path, names: Iterator[str]) -> Path:
                 os.rename(source, target)
                 return target
             break
-        source.unlink()
+        if not keep:
+            source.unlink()
         return target
 
 

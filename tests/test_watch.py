@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -182,3 +184,128 @@ def test_a_file_outside_the_style_folders_fails_with_where_to_put_it(tmp_path: P
             await daemon.shutdown()
 
     asyncio.run(scenario())
+
+
+def name_of_255_bytes(char: str, suffix: str) -> str:
+    """A name of exactly 255 bytes in UTF-8, mostly `char`: the longest a Linux file system takes."""
+    room = 255 - len(suffix)
+    count = room // len(char.encode())
+    return "a" * (room - count * len(char.encode())) + char * count + suffix
+
+
+def test_hostile_names_are_delivered_or_refused_and_quoted_in_the_log(
+    tmp_path: Path, daemon_config, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 0.1}))
+    watch = settings.watch.dir
+    forged = "evil\nwatch: 'innocent.jpg' -> job 99.jpg"
+    long_photo = name_of_255_bytes("漢", ".jpg")
+    long_text = name_of_255_bytes("é", ".txt")
+    outbox, failed = watch / "outbox" / "monet", watch / "failed"
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        try:
+            photo(watch / "inbox" / "monet" / forged, (200, 30, 30))
+            photo(watch / "inbox" / "monet" / long_photo, (30, 200, 30))
+            (watch / "inbox" / "cezanne" / long_text).write_text("not an image")
+            not_utf8 = os.path.join(os.fsencode(watch / "inbox" / "monet"), b"caf\xe9.jpg")  # Latin-1
+            with open(not_utf8, "wb") as handle:
+                handle.write(imaging.encode_image(Image.new("RGB", (40, 30), (9, 9, 9)), "jpeg"))
+
+            def settled() -> bool:
+                return (
+                    len([p for p in outbox.iterdir() if not p.name.startswith(".")]) == 2
+                    and len(list((failed / "cezanne").glob("*.error.txt"))) == 1
+                    and len(list((failed / "monet").glob("*.error.txt"))) == 1
+                )
+
+            await asyncio.to_thread(wait_until, settled, 60, 0.1, "two results and two refusals")
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+        assert not list((watch / "inbox" / "monet").iterdir())
+        assert not list((watch / "inbox" / "cezanne").iterdir())
+
+    asyncio.run(scenario())
+    results = sorted(p.name for p in outbox.iterdir())
+    assert f"{forged.removesuffix('.jpg')}.monet.jpg" in results
+    (cut,) = [name for name in results if "漢" in name]
+    assert cut.endswith(".monet.jpg") and len(os.fsencode(cut)) <= 255
+    assert long_photo.startswith(cut.removesuffix(".monet.jpg"))
+    assert (watch / "done" / "monet" / long_photo).exists()
+    (reason_file,) = (failed / "cezanne").glob("*.error.txt")
+    assert len(os.fsencode(reason_file.name)) <= 255
+    assert (failed / "cezanne" / reason_file.name.removesuffix(".error.txt")).read_text() == "not an image"
+    assert "not an image type" in reason_file.read_text()
+    (reason_file,) = (failed / "monet").glob("*.error.txt")
+    assert "not valid UTF-8" in reason_file.read_text()
+    # Every name is quoted: no message carries a raw newline, the forged line stays inside its quotes.
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "\n" in m or "\r" in m]
+    assert any(repr(f"monet/{forged}") in m and "-> job" in m for m in messages), messages
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
+
+
+def test_hostile_files_end_in_failed_with_a_reason_and_never_block(tmp_path: Path, daemon_config) -> None:
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 0.1}))
+    watch = settings.watch.dir
+    inbox, failed = watch / "inbox", watch / "failed"
+    secret = tmp_path / "secret.jpg"
+    photo(secret, (1, 2, 3), (32, 32))
+    swapped = inbox / "monet" / "swap.jpg"
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        checked = daemon.watcher._problem_with
+
+        def swap_after_the_checks(path: Path) -> str | None:
+            # A FIFO swapped in under a name that passed the checks: the read must not wait for a writer.
+            problem = checked(path)
+            if path == swapped:
+                path.unlink()
+                os.mkfifo(path)
+            return problem
+
+        daemon.watcher._problem_with = swap_after_the_checks
+        try:
+            photo(swapped, (10, 10, 10))
+            os.mkfifo(inbox / "monet" / "pipe.jpg")
+            with (inbox / "monet" / "huge.jpg").open("wb") as handle:
+                handle.truncate(200 * 1024 * 1024)  # sparse: 200 MB that take no disk
+            photo(watch / "styles" / "a.jpg", (200, 0, 0), (32, 32))
+            (watch / "styles" / "shadow.jpg").symlink_to(secret)
+            photo(inbox / "nst" / "painted.jpg", (0, 90, 200))
+            reasons = {
+                failed / "monet" / "swap.jpg.error.txt": "not a regular file",
+                failed / "monet" / "pipe.jpg.error.txt": "not a regular file",
+                failed
+                / "monet"
+                / "huge.jpg.error.txt": "file is 200.0 MB; the limit is 50 MB (images.max_bytes)",
+                failed / "nst" / "painted.jpg.error.txt": "style image 'shadow.jpg' in",
+            }
+            try:
+                for reason, expected in reasons.items():
+                    await asyncio.to_thread(wait_until, reason.exists, 30, 0.1, str(reason))
+                    assert expected in reason.read_text(), reason.read_text()
+                assert (
+                    "symbolic links are not followed"
+                    in (failed / "nst" / "painted.jpg.error.txt").read_text()
+                )
+            finally:
+                with contextlib.suppress(OSError):  # a reader blocked on the FIFO gets its end of file
+                    os.close(os.open(swapped, os.O_WRONLY | os.O_NONBLOCK))
+            # Other files are unaffected.
+            photo(inbox / "monet" / "fine.jpg", (90, 90, 90))
+            result = watch / "outbox" / "monet" / "fine.monet.jpg"
+            await asyncio.to_thread(wait_until, result.exists, 60, 0.1, "fine.jpg's result")
+            assert daemon.queue.db["jobs"].count == 1
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+
+    asyncio.run(scenario())
+    assert not [p for p in inbox.rglob("*") if not p.is_dir()]

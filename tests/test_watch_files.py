@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import threading
@@ -22,7 +23,9 @@ from nst_daemon.watch_files import (
     fit_name,
     move_new,
     printable,
+    publish,
     read_dropped_file,
+    stage,
     write_new,
 )
 
@@ -231,13 +234,15 @@ def folder_job(job_id: int, path: Path, **reply: Any) -> Job:
     )
 
 
-def test_the_same_name_twice_gets_two_results(tmp_path: Path) -> None:
-    import asyncio
-
+@pytest.fixture
+def watcher(tmp_path: Path) -> FolderWatcher:
     config = write_config(tmp_path / "config.toml", {"watch": {"dir": str(tmp_path / "watch")}})
-    queue = RecordingQueue()
-    watcher = FolderWatcher(load_settings(config), queue)  # type: ignore[arg-type]
+    watcher = FolderWatcher(load_settings(config), RecordingQueue())  # type: ignore[arg-type]
     watcher.create_folders()
+    return watcher
+
+
+def test_the_same_name_twice_gets_two_results(watcher: FolderWatcher) -> None:
     source = watcher.inbox / "monet" / "beach.jpg"
 
     async def drop_and_deliver(job_id: int, content: bytes, result: bytes) -> None:
@@ -246,9 +251,8 @@ def test_the_same_name_twice_gets_two_results(tmp_path: Path) -> None:
 
     asyncio.run(drop_and_deliver(1, b"photo 1", b"result 1"))
     asyncio.run(drop_and_deliver(2, b"photo 2", b"result 2"))
-    watch = tmp_path / "watch"
-    outbox, done = watch / "outbox" / "monet", watch / "done" / "monet"
-    assert queue.replies == {
+    outbox, done = watcher.root / "outbox" / "monet", watcher.root / "done" / "monet"
+    assert watcher.queue.replies == {
         1: {"result_path": str(outbox / "beach.monet.jpg"), "original_path": str(done / "beach.jpg")},
         2: {"result_path": str(outbox / "beach-1.monet.jpg"), "original_path": str(done / "beach-1.jpg")},
     }
@@ -256,9 +260,21 @@ def test_the_same_name_twice_gets_two_results(tmp_path: Path) -> None:
     assert (outbox / "beach-1.monet.jpg").read_bytes() == b"result 2"
     assert (done / "beach.jpg").read_bytes() == b"photo 1"
     assert (done / "beach-1.jpg").read_bytes() == b"photo 2"
-
-    # A redelivery after a crash (the result written and recorded, the job not yet marked delivered)
-    # writes no second copy.
-    again = folder_job(2, source, result_path=str(outbox / "beach-1.monet.jpg"))
-    asyncio.run(watcher.deliver(again, b"result 2"))
     assert sorted(p.name for p in outbox.iterdir()) == ["beach-1.monet.jpg", "beach.monet.jpg"]
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_redelivery_after_a_crash_writes_no_second_copy(watcher: FolderWatcher, recorded: bool) -> None:
+    source = watcher.inbox / "monet" / "beach.jpg"
+    source.write_bytes(b"photo")
+    outbox = watcher.root / "outbox" / "monet"
+    # The first attempt published the result, then the daemon died: before the path was recorded in
+    # the job's row, or after it but before the delivery was marked done.
+    staged = outbox / ".nstd-job-7.tmp"
+    stage(staged, b"result")
+    published = publish(staged, "beach", ".monet.jpg")
+    reply = {"result_path": str(published)} if recorded else {}
+    asyncio.run(watcher.deliver(folder_job(7, source, **reply), b"result"))
+    assert [p.name for p in outbox.iterdir()] == ["beach.monet.jpg"]
+    assert watcher.queue.replies[7]["original_path"] == str(watcher.root / "done" / "monet" / "beach.jpg")
+    assert watcher.queue.replies[7].get("result_path", reply.get("result_path")) == str(published)
