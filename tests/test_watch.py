@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import wait_until
 from PIL import Image
@@ -15,6 +17,7 @@ from PIL import Image
 from nst_daemon import imaging
 from nst_daemon.config import load_settings
 from nst_daemon.daemon import Daemon
+from nst_daemon.errors import NstdError
 from nst_daemon.watch import is_temporary
 
 
@@ -309,3 +312,60 @@ def test_hostile_files_end_in_failed_with_a_reason_and_never_block(tmp_path: Pat
 
     asyncio.run(scenario())
     assert not [p for p in inbox.rglob("*") if not p.is_dir()]
+
+
+def test_errors_that_are_not_the_files_fault_leave_it_in_the_inbox(
+    tmp_path: Path, daemon_config, caplog
+) -> None:
+    """A full disk or a shutdown leaves a file for the next scan; an error that keeps coming back for one
+    file moves it to failed/ with the error as its reason. One line each in the log, never a traceback."""
+    caplog.set_level(logging.INFO)
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 0.1}))
+    inbox, failed = settings.watch.dir / "inbox" / "monet", settings.watch.dir / "failed" / "monet"
+    errors = {
+        "full.jpg": OSError(errno.ENOSPC, "No space left on device"),
+        "closing.jpg": NstdError("nstd is shutting down; try again in a minute"),
+        "cursed.jpg": RuntimeError("boom"),
+    }
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        attempts: dict[str, int] = {}
+
+        async def failing_submit(request: Any) -> Any:
+            name = Path(request.owner).name
+            attempts[name] = attempts.get(name, 0) + 1
+            raise errors[name]
+
+        daemon.queue.submit = failing_submit
+        watcher = daemon.watcher
+        try:
+            for name in errors:
+                photo(inbox / name, (40, 40, 40))
+            # Four passes, as four rescans would make them, each once the previous one has ended.
+            for passes in range(1, 5):
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda n=passes: (
+                        all(attempts.get(name, 0) >= min(n, 3) for name in errors) and not watcher._settling
+                    ),
+                    30,
+                    0.05,
+                    f"pass {passes}",
+                )
+                watcher.scan()
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+        assert attempts["cursed.jpg"] == 3 and attempts["full.jpg"] >= 4 and attempts["closing.jpg"] >= 4
+
+    asyncio.run(scenario())
+    assert sorted(p.name for p in inbox.iterdir()) == ["closing.jpg", "full.jpg"]
+    reason = (failed / "cursed.jpg.error.txt").read_text()
+    assert reason == "nstd could not take this file: RuntimeError: boom\n"
+    assert (failed / "cursed.jpg").exists()
+    messages = [r.getMessage() for r in caplog.records if r.name == "nst_daemon.watch"]
+    assert any("'monet/full.jpg' waits in the inbox: OSError: [Errno 28]" in m for m in messages), messages
+    assert any("'monet/closing.jpg' waits for the next scan: nstd is shutting down" in m for m in messages)
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
