@@ -319,6 +319,8 @@ class FolderWatcher:
             # crash finds the result it already wrote, rather than writing a second copy.
             await asyncio.to_thread(unstage, staged)
             original = await asyncio.to_thread(self._move_original, source, self.root / "done" / folder)
+        elif job.reply.get("original_path"):
+            return  # moved to failed/ with its reason by an attempt that stopped before it was done
         else:
             original = await asyncio.to_thread(self._move_to_failed, source, folder, job.error or job.state)
         if original is not None:

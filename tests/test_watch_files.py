@@ -211,7 +211,7 @@ class RecordingQueue:
         self.replies.setdefault(job_id, {}).update(values)
 
 
-def folder_job(job_id: int, path: Path, **reply: Any) -> Job:
+def folder_job(job_id: int, path: Path, state: str = "done", **reply: Any) -> Job:
     return Job(
         id=job_id,
         source="folder",
@@ -219,10 +219,10 @@ def folder_job(job_id: int, path: Path, **reply: Any) -> Job:
         engine="cyclegan",
         styles=["monet"],
         params={},
-        state="done",
+        state=state,
         progress=1.0,
         attempts=1,
-        error=None,
+        error=None if state == "done" else "the engine ran out of memory",
         input_keys=[],
         output_key=f"jobs/{job_id}/result.jpg",
         delivery="pending",
@@ -278,3 +278,15 @@ def test_a_redelivery_after_a_crash_writes_no_second_copy(watcher: FolderWatcher
     assert [p.name for p in outbox.iterdir()] == ["beach.monet.jpg"]
     assert watcher.queue.replies[7]["original_path"] == str(watcher.root / "done" / "monet" / "beach.jpg")
     assert watcher.queue.replies[7].get("result_path", reply.get("result_path")) == str(published)
+
+
+def test_a_failed_job_is_moved_with_its_reason_once(watcher: FolderWatcher) -> None:
+    source = watcher.inbox / "monet" / "beach.jpg"
+    source.write_bytes(b"photo")
+    asyncio.run(watcher.deliver(folder_job(3, source, state="failed"), None))
+    failed = watcher.root / "failed" / "monet"
+    assert watcher.queue.replies[3] == {"original_path": str(failed / "beach.jpg")}
+    assert (failed / "beach.jpg.error.txt").read_text() == "the engine ran out of memory\n"
+    # Delivered again after a crash that came before the delivery was marked done: nothing more.
+    asyncio.run(watcher.deliver(folder_job(3, source, state="failed", **watcher.queue.replies[3]), None))
+    assert sorted(p.name for p in failed.iterdir()) == ["beach.jpg", "beach.jpg.error.txt"]
