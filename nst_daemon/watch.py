@@ -239,7 +239,9 @@ class FolderWatcher:
             if folder == "default" and not style:
                 raise NstdError("no default style is configured: set telegram.default_style in the config")
             # The one read of the dropped file: what it is and how large is checked on the opened file.
-            request.content = await asyncio.to_thread(read_dropped_file, path, self._max_bytes)
+            request.content = await asyncio.to_thread(
+                read_dropped_file, path, self._max_bytes, beneath=self.inbox
+            )
             if folder == "nst":
                 style_names, request.style_images = await asyncio.to_thread(self._style_images)
             else:
@@ -293,7 +295,7 @@ class FolderWatcher:
             )
         for entry in candidates:
             try:
-                images.append(read_dropped_file(Path(entry.path), self._max_bytes))
+                images.append(read_dropped_file(Path(entry.path), self._max_bytes, beneath=folder))
             except FileNotFoundError:
                 continue
             except RefusedFile as exc:
@@ -340,19 +342,25 @@ class FolderWatcher:
             published = publish(staged, stem, f".{label}.jpg")
         return published
 
-    @staticmethod
-    def _move_original(source: Path, folder: Path) -> Path | None:
+    def _move_original(self, source: Path, folder: Path) -> Path | None:
         try:
-            return move_new(source, folder)
+            return move_new(source, folder, beneath=self._inbox_of(source))
         except FileNotFoundError:
             return None  # moved by an earlier attempt, or taken away by the user
+
+    def _inbox_of(self, source: Path) -> Path | None:
+        """The inbox, for moving `source` out of it without following a folder swapped for a link (None
+        for a job from before watch.dir changed)."""
+        return self.inbox if source.is_relative_to(self.inbox) else None
 
     def _move_to_failed(self, source: Path, folder: str, reason: str) -> Path | None:
         """Move `source` to failed/ with `<name>.error.txt` beside it giving the reason; the name is
         chosen (numbered, cut to fit) so that neither file replaces one already there."""
         failed_dir = self.root / "failed" / folder
         try:
-            destination: Path | None = move_new(source, failed_dir, reserve_suffix=ERROR_SUFFIX)
+            destination: Path | None = move_new(
+                source, failed_dir, beneath=self._inbox_of(source), reserve_suffix=ERROR_SUFFIX
+            )
         except FileNotFoundError:
             destination = None
         name = destination.name if destination is not None else source.name

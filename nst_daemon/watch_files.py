@@ -8,6 +8,7 @@ file already there, and names are cut to the file system's limit, in bytes, keep
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -24,6 +25,7 @@ from nst_daemon.fsutil import fsync_dir
 # at once instead of waiting forever for a writer (fstat then refuses it); on a regular file it does
 # nothing.
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DEFAULT_NAME_MAX = 255
 # An ending longer than this is no file type ("x.<200 characters>"): it is cut like the rest of the name.
 MAX_KEPT_SUFFIX_BYTES = 16
@@ -38,14 +40,18 @@ class RefusedFile(NstdError):
     """A dropped file that is not read; the message is the reason written next to it in failed/."""
 
 
-def read_dropped_file(path: Path, max_bytes: int, limit_key: str = "images.max_bytes") -> bytes:
+def read_dropped_file(
+    path: Path, max_bytes: int, *, beneath: Path | None = None, limit_key: str = "images.max_bytes"
+) -> bytes:
     """The bytes of `path`, which must be a regular file of at most `max_bytes`, else `RefusedFile`.
 
     The size comes from fstat of the opened file, so a huge (or sparse) file is refused before a byte
-    of it is read. FileNotFoundError passes through: a file that went away needs no reason.
+    of it is read. With `beneath`, the folders between it and the file are not followed either: an
+    inbox/monet/ swapped for a link to another folder cannot lead the read out of the inbox.
+    FileNotFoundError passes through: a file that went away needs no reason.
     """
     try:
-        fd = os.open(path, OPEN_FLAGS)
+        fd = _open_beneath(path, beneath)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -66,6 +72,37 @@ def read_dropped_file(path: Path, max_bytes: int, limit_key: str = "images.max_b
     if len(data) > max_bytes:
         raise RefusedFile(too_large(len(data), max_bytes, limit_key))
     return data
+
+
+@contextlib.contextmanager
+def parent_folder(path: Path, beneath: Path | None) -> Iterator[tuple[int | None, str]]:
+    """`path` as (descriptor of its folder, name in it), for the *at() calls. With `beneath`, the
+    folders from there to the file are opened one at a time without following a link, so a folder
+    swapped for a link meanwhile cannot send a read or a move outside. Without it: (None, path)."""
+    if beneath is None:
+        yield None, str(path)
+        return
+    *folders, name = path.relative_to(beneath).parts
+    dir_fd = os.open(beneath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder in folders:
+            try:
+                next_fd = os.open(folder, DIR_FLAGS, dir_fd=dir_fd)
+            except NotADirectoryError:
+                # Linux says ENOTDIR for a link too (O_DIRECTORY wins); tell them apart for the reason.
+                if stat.S_ISLNK(os.stat(folder, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, "a folder on the way is a symbolic link") from None
+                raise
+            os.close(dir_fd)
+            dir_fd = next_fd
+        yield dir_fd, name
+    finally:
+        os.close(dir_fd)
+
+
+def _open_beneath(path: Path, beneath: Path | None) -> int:
+    with parent_folder(path, beneath) as (dir_fd, name):
+        return os.open(name, OPEN_FLAGS, dir_fd=dir_fd)
 
 
 def _open_refusal(exc: OSError) -> str:
@@ -202,9 +239,10 @@ def _write_temporary(folder: Path, data: bytes) -> Path:
     return Path(name)
 
 
-def move_new(source: Path, folder: Path, *, reserve_suffix: str = "") -> Path:
+def move_new(source: Path, folder: Path, *, beneath: Path | None = None, reserve_suffix: str = "") -> Path:
     """Move `source` (a file, a link or anything else, never followed) into `folder` under its own name,
-    numbered and cut to fit as needed, and return where it went. With `reserve_suffix`, the name is
+    numbered and cut to fit as needed, and return where it went. `beneath` as for `read_dropped_file`:
+    no folder on the way from there is followed if it became a link. With `reserve_suffix`, the name is
     chosen so that `name + reserve_suffix` is free and fits too (the reason file next to it in failed/)."""
     folder.mkdir(parents=True, exist_ok=True)
     stem, suffix = split_name(source.name)
@@ -212,12 +250,20 @@ def move_new(source: Path, folder: Path, *, reserve_suffix: str = "") -> Path:
     names = candidate_names(stem, suffix, limit)
     if reserve_suffix:
         names = (name for name in names if not os.path.lexists(folder / f"{name}{reserve_suffix}"))
-    return _take_name(source, folder, names)
+    with parent_folder(source, beneath) as (dir_fd, name):
+        return _take_name(name, folder, names, src_dir_fd=dir_fd)
 
 
-def _take_name(source: Path, folder: Path, names: Iterator[str], keep: bool = False) -> Path:
-    """Give `source` the first of `names` that is free in `folder`; `source` itself goes away unless
-    `keep` (and links work).
+def _take_name(
+    source: str | Path,
+    folder: Path,
+    names: Iterator[str],
+    *,
+    src_dir_fd: int | None = None,
+    keep: bool = False,
+) -> Path:
+    """Give `source` (relative to `src_dir_fd` when given) the first of `names` that is free in `folder`;
+    `source` itself goes away unless `keep` (and links work).
 
     A hard link takes a name only if it is free, atomically, so not even another process can be
     overwritten. Where links are unavailable (some file systems; a directory; protected_hardlinks), a
@@ -227,9 +273,9 @@ def _take_name(source: Path, folder: Path, names: Iterator[str], keep: bool = Fa
         for name in names:
             target = folder / name
             try:
-                os.link(source, target, follow_symlinks=False)
+                os.link(source, target, src_dir_fd=src_dir_fd, follow_symlinks=False)
             except FileExistsError:
-                if _same_file(source, target):  # linked by an attempt that stopped before its unlink
+                if _same_file(source, src_dir_fd, target):  # linked by an attempt that stopped there
                     break
                 continue
             except FileNotFoundError:
@@ -237,16 +283,16 @@ def _take_name(source: Path, folder: Path, names: Iterator[str], keep: bool = Fa
             except OSError:
                 if os.path.lexists(target):
                     continue
-                os.rename(source, target)
+                os.rename(source, target, src_dir_fd=src_dir_fd)
                 return target
             break
         if not keep:
-            source.unlink()
+            os.unlink(source, dir_fd=src_dir_fd)
         return target
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(source: str | Path, src_dir_fd: int | None, target: Path) -> bool:
     try:
-        return os.path.samestat(os.lstat(a), os.lstat(b))
+        return os.path.samestat(os.stat(source, dir_fd=src_dir_fd, follow_symlinks=False), os.lstat(target))
     except OSError:
         return False

@@ -259,23 +259,33 @@ def test_hostile_files_end_in_failed_with_a_reason_and_never_block(tmp_path: Pat
     secret = tmp_path / "secret.jpg"
     photo(secret, (1, 2, 3), (32, 32))
     swapped = inbox / "monet" / "swap.jpg"
+    relinked, elsewhere = inbox / "cezanne" / "private.jpg", tmp_path / "private"
+    elsewhere.mkdir()
+    private = photo(elsewhere / "private.jpg", (4, 5, 6))
 
     async def scenario() -> None:
         daemon = Daemon(settings)
         await daemon.start()
         checked = daemon.watcher._problem_with
+        seen: set[Path] = set()
 
         def swap_after_the_checks(path: Path) -> str | None:
             # A FIFO swapped in under a name that passed the checks: the read must not wait for a writer.
+            # A folder swapped for a link to another one: neither the read nor the move may follow it.
             problem = checked(path)
             if path == swapped:
                 path.unlink()
                 os.mkfifo(path)
+            if path == relinked:
+                seen.add(path)
+                (inbox / "cezanne").rename(tmp_path / "cezanne-before")
+                (inbox / "cezanne").symlink_to(elsewhere)
             return problem
 
         daemon.watcher._problem_with = swap_after_the_checks
         try:
             photo(swapped, (10, 10, 10))
+            photo(relinked, (7, 8, 9))
             os.mkfifo(inbox / "monet" / "pipe.jpg")
             with (inbox / "monet" / "huge.jpg").open("wb") as handle:
                 handle.truncate(200 * 1024 * 1024)  # sparse: 200 MB that take no disk
@@ -301,6 +311,17 @@ def test_hostile_files_end_in_failed_with_a_reason_and_never_block(tmp_path: Pat
             finally:
                 with contextlib.suppress(OSError):  # a reader blocked on the FIFO gets its end of file
                     os.close(os.open(swapped, os.O_WRONLY | os.O_NONBLOCK))
+            # The file behind the link was neither read nor moved: the drop waits, with a line in the log.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: seen and relinked not in daemon.watcher._settling,
+                30,
+                0.1,
+                "the relinked drop",
+            )
+            assert daemon.queue.db["jobs"].count == 0
+            assert (elsewhere / "private.jpg").read_bytes() == private
+            assert not (failed / "cezanne").exists() or not list((failed / "cezanne").iterdir())
             # Other files are unaffected.
             photo(inbox / "monet" / "fine.jpg", (90, 90, 90))
             result = watch / "outbox" / "monet" / "fine.monet.jpg"

@@ -71,6 +71,23 @@ def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     assert read_dropped_file(secret, MB) == b"\xff\xd8\xff secret"
 
 
+def test_a_folder_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    (inbox / "monet").mkdir(parents=True)
+    (inbox / "monet" / "x.jpg").write_bytes(b"dropped")
+    assert read_dropped_file(inbox / "monet" / "x.jpg", MB, beneath=inbox) == b"dropped"
+    elsewhere.mkdir()
+    (elsewhere / "x.jpg").write_bytes(b"not for the inbox")
+    (inbox / "monet").rename(tmp_path / "old-monet")
+    (inbox / "monet").symlink_to(elsewhere)  # after the file was seen, before it is read
+    with pytest.raises(RefusedFile, match="symbolic links are not followed"):
+        read_dropped_file(inbox / "monet" / "x.jpg", MB, beneath=inbox)
+    (inbox / "monet").unlink()
+    (inbox / "monet").write_bytes(b"a file where the folder was")
+    with pytest.raises(RefusedFile, match="Not a directory"):
+        read_dropped_file(inbox / "monet" / "x.jpg", MB, beneath=inbox)
+
+
 def test_a_huge_sparse_file_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
     huge = tmp_path / "huge.jpg"
     with huge.open("wb") as handle:
@@ -180,6 +197,19 @@ def test_move_new_moves_links_and_pipes_as_they_are(tmp_path: Path) -> None:
     assert (done / "link.jpg").read_bytes() == b"an earlier original"
     assert moved_pipe.name == "pipe.jpg" and not moved_pipe.is_file()
     assert target.read_bytes() == b"target" and not list(inbox.iterdir())
+
+
+def test_move_new_does_not_follow_a_folder_swapped_for_a_link(tmp_path: Path) -> None:
+    inbox, elsewhere, failed = tmp_path / "inbox", tmp_path / "state", tmp_path / "failed"
+    inbox.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "nstd.db").write_bytes(b"the daemon's own file")
+    (inbox / "monet").symlink_to(elsewhere)
+    with pytest.raises(OSError) as error:
+        move_new(inbox / "monet" / "nstd.db", failed, beneath=inbox)
+    assert error.value.errno == errno.ELOOP
+    assert (elsewhere / "nstd.db").read_bytes() == b"the daemon's own file"
+    assert not failed.exists() or not list(failed.iterdir())
 
 
 def test_move_new_keeps_room_for_the_reason_file(tmp_path: Path) -> None:
