@@ -225,7 +225,7 @@ def test_hostile_names_are_delivered_or_refused_and_quoted_in_the_log(
                     and len(list((failed / "monet").glob("*.error.txt"))) == 1
                 )
 
-            await asyncio.to_thread(wait_until, settled, 60, 0.1, "two results and two refusals")
+            await asyncio.to_thread(wait_until, settled, 120, 0.1, "two results and two refusals")
         finally:
             daemon.stop_event.set()
             await daemon.shutdown()
@@ -325,7 +325,7 @@ def test_hostile_files_end_in_failed_with_a_reason_and_never_block(tmp_path: Pat
             # Other files are unaffected.
             photo(inbox / "monet" / "fine.jpg", (90, 90, 90))
             result = watch / "outbox" / "monet" / "fine.monet.jpg"
-            await asyncio.to_thread(wait_until, result.exists, 60, 0.1, "fine.jpg's result")
+            await asyncio.to_thread(wait_until, result.exists, 120, 0.1, "fine.jpg's result")
             assert daemon.queue.db["jobs"].count == 1
         finally:
             daemon.stop_event.set()
