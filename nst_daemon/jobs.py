@@ -282,7 +282,7 @@ class JobQueue:
         stored = await asyncio.to_thread(self._normalize_inputs, request)
         job = await asyncio.to_thread(self._insert, request, stored)
         log.info(
-            "job %s queued: %s %s from %s %s", job.id, job.engine, job.style_label, job.source, job.owner
+            "job %s queued: %s %s from %s %r", job.id, job.engine, job.style_label, job.source, job.owner
         )
         self._wakeup.set()
         await self._notify(job)
@@ -675,6 +675,15 @@ class JobQueue:
                 self._write_conn = None
 
     # --- internals ---
+
+    def record_reply(self, job_id: int, values: dict[str, Any]) -> None:
+        """Merge `values` into a job's `reply` JSON: a deliverer noting where the result went (the
+        folder's `result_path`, read by `nstd jobs show` and by a redelivery after a crash)."""
+        with self._db_lock, self.db.conn:
+            self.db.conn.execute(
+                "update jobs set reply = json_patch(coalesce(reply, '{}'), ?) where id = ?",
+                [json.dumps(values), job_id],
+            )
 
     def _update(self, job_id: int, values: dict[str, Any], only_if_state: str | None = None) -> Job | None:
         values = {**values, "updated_at": time.time()}

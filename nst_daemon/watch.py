@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,22 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
-from nst_daemon.errors import NstdError
-from nst_daemon.fsutil import ensure_dir, write_atomic
-from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest, QueueFull
+from nst_daemon.errors import NstdError, describe_failure
+from nst_daemon.fsutil import ensure_dir
+from nst_daemon.imaging import ImageError
+from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest
+from nst_daemon.watch_files import (
+    RefusedFile,
+    find_published,
+    move_new,
+    printable,
+    publish,
+    read_dropped_file,
+    split_name,
+    stage,
+    unstage,
+    write_new,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +42,10 @@ TEMPORARY_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".partial", "
 STYLE_FOLDERS = (*CYCLEGAN_STYLES, "default", "nst")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 RESCAN_INTERVAL_S = 30.0
+# Unexpected errors (not an OSError: those pass, like a full disk) a file may cause before it is moved to
+# failed/ with the error as its reason, rather than being retried at every scan for ever.
+MAX_TROUBLES = 3
+ERROR_SUFFIX = ".error.txt"
 
 
 def is_temporary(name: str) -> bool:
@@ -37,15 +53,9 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(TEMPORARY_SUFFIXES)
 
 
-def unique_destination(folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    counter = 1
-    while candidate.exists():
-        candidate = folder / f"{stem}-{counter}{suffix}"
-        counter += 1
-    return candidate
+def _label(folder: str, name: str) -> str:
+    """A dropped file's name for the log: quoted, so a name with a newline cannot forge a line."""
+    return repr(f"{folder}/{name}" if folder else name)
 
 
 def _misplaced(folder: str) -> str:
@@ -85,6 +95,7 @@ class FolderWatcher:
         self._observer: Any = None
         self._rescan_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._troubles: dict[Path, int] = {}
 
     def create_folders(self) -> None:
         what = "a folder of the watched folder (watch.dir)"
@@ -159,10 +170,28 @@ class FolderWatcher:
             if self._already_claimed(path):
                 return
             await self._claim(path, folder)
-        except Exception:
-            log.exception("watch: could not handle %s", path)
+            self._troubles.pop(path, None)
+        except Exception as exc:
+            await self._trouble(path, folder, exc)
         finally:
             self._settling.discard(path)
+
+    async def _trouble(self, path: Path, folder: str, exc: Exception) -> None:
+        """An unexpected error while taking a file: one line in the log, and the file waits in the inbox
+        for the next scan, since such errors mostly pass (a full disk, a locked database). One that keeps
+        coming back for a file is that file's doing: it goes to failed/ with the error as its reason."""
+        label = _label(folder, path.name)
+        count = self._troubles[path] = self._troubles.get(path, 0) + 1
+        log.debug("watch: the error for %s in full", label, exc_info=exc)
+        if isinstance(exc, OSError) or count < MAX_TROUBLES:
+            log.warning("watch: %s waits in the inbox: %s", label, printable(describe_failure(exc)))
+            return
+        self._troubles.pop(path, None)
+        reason = f"nstd could not take this file: {describe_failure(exc)}"
+        try:
+            await asyncio.to_thread(self._move_to_failed, path, folder, reason)
+        except OSError as move_error:
+            log.warning("watch: %s waits in the inbox: %s", label, printable(describe_failure(move_error)))
 
     async def _wait_until_complete(self, path: Path) -> bool:
         interval = max(self.settings.watch.settle_s, 0.05)
@@ -181,6 +210,8 @@ class FolderWatcher:
         return False
 
     def _already_claimed(self, path: Path) -> bool:
+        if _name_problem(path):
+            return False  # SQLite cannot hold the name, so no job can have it
         return bool(
             self.queue.db["jobs"].count_where(
                 f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery = 'pending')",
@@ -189,7 +220,7 @@ class FolderWatcher:
         )
 
     async def _claim(self, path: Path, folder: str) -> None:
-        problem = await asyncio.to_thread(self._problem_with, path)
+        problem = self._problem_with(path)
         if not problem and folder not in STYLE_FOLDERS:
             problem = _misplaced(folder)
         if problem:
@@ -203,64 +234,156 @@ class FolderWatcher:
             content=b"",
             reply={"path": str(path), "folder": folder, "name": path.name},
         )
+        style_names: list[str] = []
         try:
             if folder == "default" and not style:
                 raise NstdError("no default style is configured: set telegram.default_style in the config")
-            request.content = await asyncio.to_thread(path.read_bytes)
+            # The one read of the dropped file: what it is and how large is checked on the opened file.
+            request.content = await asyncio.to_thread(
+                read_dropped_file, path, self._max_bytes, beneath=self.inbox
+            )
             if folder == "nst":
-                request.style_images = await asyncio.to_thread(self._style_images)
+                style_names, request.style_images = await asyncio.to_thread(self._style_images)
             else:
                 request.styles = [style]
-            job = await self.queue.submit(request)
-        except QueueFull:
-            log.info("watch: queue full; %s waits for the next scan", path.name)
-            return
+        except FileNotFoundError:
+            return  # taken away meanwhile: nothing to do, nothing to report
         except NstdError as exc:
             await asyncio.to_thread(self._move_to_failed, path, folder, exc.message)
             return
-        log.info("watch: %s/%s -> job %s", folder, path.name, job.id)
+        try:
+            job = await self.queue.submit(request)
+        except ImageError as exc:
+            await asyncio.to_thread(self._move_to_failed, path, folder, _image_reason(exc, style_names))
+            return
+        except NstdError as exc:
+            # Not the file's fault (the queue is full, a full disk, shutting down): try again later.
+            log.info(
+                "watch: %s waits for the next scan: %s", _label(folder, path.name), printable(exc.message)
+            )
+            return
+        log.info("watch: %s -> job %s", _label(folder, path.name), job.id)
+
+    @property
+    def _max_bytes(self) -> int:
+        return self.settings.images.max_bytes
 
     def _problem_with(self, path: Path) -> str | None:
-        if path.is_symlink():
-            # A link could point anywhere on the machine; only real files dropped here are read.
-            return "symbolic links are not followed; copy the file into the folder instead"
-        if not path.is_file():
-            return "not a regular file"
+        """What the name alone tells (no file system access: what the file is, the read checks)."""
+        problem = _name_problem(path)
+        if problem:
+            return problem
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return f"{path.suffix or 'a file without an extension'} is not an image type nstd reads"
         return None
 
-    def _style_images(self) -> list[bytes]:
+    def _style_images(self) -> tuple[list[str], list[bytes]]:
+        """The image files of styles/ in name order, as (names, contents). A link, a pipe or an oversized
+        file there is refused as in the inbox: the job fails with a reason naming the style file."""
         folder = self.root / "styles"
-        files = sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file() and not is_temporary(p.name) and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
+        names, images = [], []
+        with os.scandir(folder) as entries:
+            candidates = sorted(
+                (
+                    entry
+                    for entry in entries
+                    if not is_temporary(entry.name)
+                    and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+                    and not entry.is_dir(follow_symlinks=False)
+                ),
+                key=lambda entry: entry.name,
+            )
+        for entry in candidates:
+            try:
+                images.append(read_dropped_file(Path(entry.path), self._max_bytes, beneath=folder))
+            except FileNotFoundError:
+                continue
+            except RefusedFile as exc:
+                raise RefusedFile(f"style image {entry.name!r} in {folder}: {exc.message}") from None
+            names.append(entry.name)
+        if not images:
             raise NstdError(f"multi-style NST needs style images: put one or more in {folder}")
-        return [p.read_bytes() for p in files]
+        return names, images
 
     # --- delivery (called by the queue when a folder job is final) ---
 
     async def deliver(self, job: Job, result: bytes | None) -> None:
-        await asyncio.to_thread(self._deliver_sync, job, result)
-
-    def _deliver_sync(self, job: Job, result: bytes | None) -> None:
+        """Write the result as a file of its own, move the original away, and record both in the job's
+        reply (`result_path`, `original_path`: what `nstd jobs show` tells)."""
         source = Path(job.reply["path"])
         folder = job.reply["folder"]
         if job.state == "done" and result is not None:
-            label = job.styles[0] if job.engine == "cyclegan" else "nst"
-            write_atomic(self.root / "outbox" / folder / f"{source.stem}.{label}.jpg", result)
-            if source.exists():
-                shutil.move(source, unique_destination(self.root / "done" / folder, source.name))
-            return
-        self._move_to_failed(source, folder, job.error or job.state)
+            staged = self.root / "outbox" / folder / f".nstd-job-{job.id}.tmp"
+            result_path = await asyncio.to_thread(self._write_result, job, staged, result)
+            if str(result_path) != job.reply.get("result_path"):
+                self.queue.record_reply(job.id, {"result_path": str(result_path)})
+            # Only once the path is recorded: until then the staged name is how a redelivery after a
+            # crash finds the result it already wrote, rather than writing a second copy.
+            await asyncio.to_thread(unstage, staged)
+            original = await asyncio.to_thread(self._move_original, source, self.root / "done" / folder)
+        elif job.reply.get("original_path"):
+            return  # moved to failed/ with its reason by an attempt that stopped before it was done
+        else:
+            original = await asyncio.to_thread(self._move_to_failed, source, folder, job.error or job.state)
+        if original is not None:
+            self.queue.record_reply(job.id, {"original_path": str(original)})
 
-    def _move_to_failed(self, source: Path, folder: str, reason: str) -> None:
+    @staticmethod
+    def _write_result(job: Job, staged: Path, result: bytes) -> Path:
+        recorded = job.reply.get("result_path")
+        if recorded and os.path.lexists(recorded):
+            return Path(recorded)  # written and recorded by an attempt that stopped before it was done
+        published = find_published(staged)
+        if published is None:
+            stage(staged, result)
+            label = job.styles[0] if job.engine == "cyclegan" else "nst"
+            stem, _suffix = split_name(job.reply["name"])
+            # Never the name of an existing file: the same photo dropped twice gets two results.
+            published = publish(staged, stem, f".{label}.jpg")
+        return published
+
+    def _move_original(self, source: Path, folder: Path) -> Path | None:
+        try:
+            return move_new(source, folder, beneath=self._inbox_of(source))
+        except FileNotFoundError:
+            return None  # moved by an earlier attempt, or taken away by the user
+
+    def _inbox_of(self, source: Path) -> Path | None:
+        """The inbox, for moving `source` out of it without following a folder swapped for a link (None
+        for a job from before watch.dir changed)."""
+        return self.inbox if source.is_relative_to(self.inbox) else None
+
+    def _move_to_failed(self, source: Path, folder: str, reason: str) -> Path | None:
+        """Move `source` to failed/ with `<name>.error.txt` beside it giving the reason; the name is
+        chosen (numbered, cut to fit) so that neither file replaces one already there."""
         failed_dir = self.root / "failed" / folder
-        destination = unique_destination(failed_dir, source.name)
-        if source.exists() or source.is_symlink():
-            shutil.move(source, destination)
-        write_atomic(failed_dir / f"{destination.name}.error.txt", (reason.strip() + "\n").encode())
-        log.warning("watch: %s failed: %s", f"{folder}/{source.name}" if folder else source.name, reason)
+        try:
+            destination: Path | None = move_new(
+                source, failed_dir, beneath=self._inbox_of(source), reserve_suffix=ERROR_SUFFIX
+            )
+        except FileNotFoundError:
+            destination = None
+        name = destination.name if destination is not None else source.name
+        write_new(failed_dir, name, ERROR_SUFFIX, (reason.strip() + "\n").encode())
+        log.warning("watch: %s failed: %s", _label(folder, source.name), printable(reason))
+        return destination
+
+
+def _name_problem(path: Path) -> str | None:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 (os.fsdecode's surrogates): SQLite, the log and Telegram need text.
+        return "the file name is not valid UTF-8; rename the file"
+    return None
+
+
+def _image_reason(exc: ImageError, style_names: list[str]) -> str:
+    """The reason an image was refused, naming the style file when it is one of them."""
+    index = getattr(exc, "image_index", None)
+    reason = getattr(exc, "reason", None) or exc.message
+    if index is None or index == 0:
+        return reason
+    if index <= len(style_names):
+        return f"style image {style_names[index - 1]!r}: {reason}"
+    return exc.message

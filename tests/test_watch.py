@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import wait_until
 from PIL import Image
@@ -13,6 +17,7 @@ from PIL import Image
 from nst_daemon import imaging
 from nst_daemon.config import load_settings
 from nst_daemon.daemon import Daemon
+from nst_daemon.errors import NstdError
 from nst_daemon.watch import is_temporary
 
 
@@ -182,3 +187,206 @@ def test_a_file_outside_the_style_folders_fails_with_where_to_put_it(tmp_path: P
             await daemon.shutdown()
 
     asyncio.run(scenario())
+
+
+def name_of_255_bytes(char: str, suffix: str) -> str:
+    """A name of exactly 255 bytes in UTF-8, mostly `char`: the longest a Linux file system takes."""
+    room = 255 - len(suffix)
+    count = room // len(char.encode())
+    return "a" * (room - count * len(char.encode())) + char * count + suffix
+
+
+def test_hostile_names_are_delivered_or_refused_and_quoted_in_the_log(
+    tmp_path: Path, daemon_config, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 0.1}))
+    watch = settings.watch.dir
+    forged = "evil\nwatch: 'innocent.jpg' -> job 99.jpg"
+    long_photo = name_of_255_bytes("漢", ".jpg")
+    long_text = name_of_255_bytes("é", ".txt")
+    outbox, failed = watch / "outbox" / "monet", watch / "failed"
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        try:
+            photo(watch / "inbox" / "monet" / forged, (200, 30, 30))
+            photo(watch / "inbox" / "monet" / long_photo, (30, 200, 30))
+            (watch / "inbox" / "cezanne" / long_text).write_text("not an image")
+            not_utf8 = os.path.join(os.fsencode(watch / "inbox" / "monet"), b"caf\xe9.jpg")  # Latin-1
+            with open(not_utf8, "wb") as handle:
+                handle.write(imaging.encode_image(Image.new("RGB", (40, 30), (9, 9, 9)), "jpeg"))
+
+            def settled() -> bool:
+                return (
+                    len([p for p in outbox.iterdir() if not p.name.startswith(".")]) == 2
+                    and len(list((failed / "cezanne").glob("*.error.txt"))) == 1
+                    and len(list((failed / "monet").glob("*.error.txt"))) == 1
+                )
+
+            await asyncio.to_thread(wait_until, settled, 120, 0.1, "two results and two refusals")
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+        assert not list((watch / "inbox" / "monet").iterdir())
+        assert not list((watch / "inbox" / "cezanne").iterdir())
+
+    asyncio.run(scenario())
+    results = sorted(p.name for p in outbox.iterdir())
+    assert f"{forged.removesuffix('.jpg')}.monet.jpg" in results
+    (cut,) = [name for name in results if "漢" in name]
+    assert cut.endswith(".monet.jpg") and len(os.fsencode(cut)) <= 255
+    assert long_photo.startswith(cut.removesuffix(".monet.jpg"))
+    assert (watch / "done" / "monet" / long_photo).exists()
+    (reason_file,) = (failed / "cezanne").glob("*.error.txt")
+    assert len(os.fsencode(reason_file.name)) <= 255
+    assert (failed / "cezanne" / reason_file.name.removesuffix(".error.txt")).read_text() == "not an image"
+    assert "not an image type" in reason_file.read_text()
+    (reason_file,) = (failed / "monet").glob("*.error.txt")
+    assert "not valid UTF-8" in reason_file.read_text()
+    # Every name is quoted: no message carries a raw newline, the forged line stays inside its quotes.
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "\n" in m or "\r" in m]
+    assert any(repr(f"monet/{forged}") in m and "-> job" in m for m in messages), messages
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
+
+
+def test_hostile_files_end_in_failed_with_a_reason_and_never_block(tmp_path: Path, daemon_config) -> None:
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 0.1}))
+    watch = settings.watch.dir
+    inbox, failed = watch / "inbox", watch / "failed"
+    secret = tmp_path / "secret.jpg"
+    photo(secret, (1, 2, 3), (32, 32))
+    swapped = inbox / "monet" / "swap.jpg"
+    relinked, elsewhere = inbox / "cezanne" / "private.jpg", tmp_path / "private"
+    elsewhere.mkdir()
+    private = photo(elsewhere / "private.jpg", (4, 5, 6))
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        checked = daemon.watcher._problem_with
+        seen: set[Path] = set()
+
+        def swap_after_the_checks(path: Path) -> str | None:
+            # A FIFO swapped in under a name that passed the checks: the read must not wait for a writer.
+            # A folder swapped for a link to another one: neither the read nor the move may follow it.
+            problem = checked(path)
+            if path == swapped:
+                path.unlink()
+                os.mkfifo(path)
+            if path == relinked:
+                seen.add(path)
+                (inbox / "cezanne").rename(tmp_path / "cezanne-before")
+                (inbox / "cezanne").symlink_to(elsewhere)
+            return problem
+
+        daemon.watcher._problem_with = swap_after_the_checks
+        try:
+            photo(swapped, (10, 10, 10))
+            photo(relinked, (7, 8, 9))
+            os.mkfifo(inbox / "monet" / "pipe.jpg")
+            with (inbox / "monet" / "huge.jpg").open("wb") as handle:
+                handle.truncate(200 * 1024 * 1024)  # sparse: 200 MB that take no disk
+            photo(watch / "styles" / "a.jpg", (200, 0, 0), (32, 32))
+            (watch / "styles" / "shadow.jpg").symlink_to(secret)
+            photo(inbox / "nst" / "painted.jpg", (0, 90, 200))
+            reasons = {
+                failed / "monet" / "swap.jpg.error.txt": "not a regular file",
+                failed / "monet" / "pipe.jpg.error.txt": "not a regular file",
+                failed
+                / "monet"
+                / "huge.jpg.error.txt": "file is 200.0 MB; the limit is 50 MB (images.max_bytes)",
+                failed / "nst" / "painted.jpg.error.txt": "style image 'shadow.jpg' in",
+            }
+            try:
+                for reason, expected in reasons.items():
+                    await asyncio.to_thread(wait_until, reason.exists, 30, 0.1, str(reason))
+                    assert expected in reason.read_text(), reason.read_text()
+                assert (
+                    "symbolic links are not followed"
+                    in (failed / "nst" / "painted.jpg.error.txt").read_text()
+                )
+            finally:
+                with contextlib.suppress(OSError):  # a reader blocked on the FIFO gets its end of file
+                    os.close(os.open(swapped, os.O_WRONLY | os.O_NONBLOCK))
+            # The file behind the link was neither read nor moved: the drop waits, with a line in the log.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: seen and relinked not in daemon.watcher._settling,
+                30,
+                0.1,
+                "the relinked drop",
+            )
+            assert daemon.queue.db["jobs"].count == 0
+            assert (elsewhere / "private.jpg").read_bytes() == private
+            assert not (failed / "cezanne").exists() or not list((failed / "cezanne").iterdir())
+            # Other files are unaffected.
+            photo(inbox / "monet" / "fine.jpg", (90, 90, 90))
+            result = watch / "outbox" / "monet" / "fine.monet.jpg"
+            await asyncio.to_thread(wait_until, result.exists, 120, 0.1, "fine.jpg's result")
+            assert daemon.queue.db["jobs"].count == 1
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+
+    asyncio.run(scenario())
+    assert not [p for p in inbox.rglob("*") if not p.is_dir()]
+
+
+def test_errors_that_are_not_the_files_fault_leave_it_in_the_inbox(
+    tmp_path: Path, daemon_config, caplog
+) -> None:
+    """A full disk or a shutdown leaves a file for the next scan; an error that keeps coming back for one
+    file moves it to failed/ with the error as its reason. One line each in the log, never a traceback."""
+    caplog.set_level(logging.INFO)
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 0.1}))
+    inbox, failed = settings.watch.dir / "inbox" / "monet", settings.watch.dir / "failed" / "monet"
+    errors = {
+        "full.jpg": OSError(errno.ENOSPC, "No space left on device"),
+        "closing.jpg": NstdError("nstd is shutting down; try again in a minute"),
+        "cursed.jpg": RuntimeError("boom"),
+    }
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        attempts: dict[str, int] = {}
+
+        async def failing_submit(request: Any) -> Any:
+            name = Path(request.owner).name
+            attempts[name] = attempts.get(name, 0) + 1
+            raise errors[name]
+
+        daemon.queue.submit = failing_submit
+        watcher = daemon.watcher
+        try:
+            for name in errors:
+                photo(inbox / name, (40, 40, 40))
+            # Four passes, as four rescans would make them, each once the previous one has ended.
+            for passes in range(1, 5):
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda n=passes: (
+                        all(attempts.get(name, 0) >= min(n, 3) for name in errors) and not watcher._settling
+                    ),
+                    30,
+                    0.05,
+                    f"pass {passes}",
+                )
+                watcher.scan()
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+        assert attempts["cursed.jpg"] == 3 and attempts["full.jpg"] >= 4 and attempts["closing.jpg"] >= 4
+
+    asyncio.run(scenario())
+    assert sorted(p.name for p in inbox.iterdir()) == ["closing.jpg", "full.jpg"]
+    reason = (failed / "cursed.jpg.error.txt").read_text()
+    assert reason == "nstd could not take this file: RuntimeError: boom\n"
+    assert (failed / "cursed.jpg").exists()
+    messages = [r.getMessage() for r in caplog.records if r.name == "nst_daemon.watch"]
+    assert any("'monet/full.jpg' waits in the inbox: OSError: [Errno 28]" in m for m in messages), messages
+    assert any("'monet/closing.jpg' waits for the next scan: nstd is shutting down" in m for m in messages)
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
