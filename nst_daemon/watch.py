@@ -183,7 +183,7 @@ class FolderWatcher:
     def _already_claimed(self, path: Path) -> bool:
         return bool(
             self.queue.db["jobs"].count_where(
-                f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery = 'pending')",
+                f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery in ('pending', 'sending'))",
                 [str(path)],
             )
         )
