@@ -728,5 +728,6 @@ def _recover_rows(conn: sqlite3.Connection) -> tuple[list[int], list[tuple[int, 
         sets = ", ".join(f"[{key}] = ?" for key in values)
         conn.execute(f"update jobs set {sets} where id = ?", [*values.values(), row["id"]])
     resent = [row[0] for row in conn.execute("select id from jobs where delivery = 'sending'")]
-    conn.execute("update jobs set delivery = 'pending', updated_at = ? where delivery = 'sending'", [now])
+    # updated_at stays the claim's time, so the redelivery backoff does not hold the resend back.
+    conn.execute("update jobs set delivery = 'pending' where delivery = 'sending'")
     return orphans, requeued, failed, resent
