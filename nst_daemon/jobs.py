@@ -63,6 +63,7 @@ __all__ = [
     "FINAL_STATES",
     "FINAL_WHERE",
     "SOURCES",
+    "TRY_LATER",
     "UNDELIVERED_STATES",
     "DatabaseBusy",
     "Deliverer",
@@ -82,6 +83,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Refusals that say nothing about the request: a source that can keep it (the watched folder) tries again.
+TRY_LATER = (QueueFull, DiskFull, DatabaseBusy)
 
 # Engine crashes a job may cause before it fails; a daemon crash is not the job's doing and not counted.
 MAX_ATTEMPTS = 3
@@ -292,7 +296,13 @@ class JobQueue:
 
     async def run_worker(self) -> None:
         while not self._stopping:
-            job = await self._write(_claim_next)
+            try:
+                job = await self._write(_claim_next)
+            except (DatabaseBusy, DiskFull) as exc:  # neither is the end of the daemon: wait it out
+                log.warning("the worker cannot take the next job (%s); trying again", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=5)
+                continue
             if job is None:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):

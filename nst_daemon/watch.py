@@ -22,7 +22,7 @@ from watchdog.observers import Observer
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError
 from nst_daemon.fsutil import ensure_dir, write_atomic
-from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest, QueueFull
+from nst_daemon.jobs import ACTIVE_WHERE, TRY_LATER, Job, JobQueue, JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ class FolderWatcher:
             else:
                 request.styles = [style]
             job = await self.queue.submit(request)
-        except QueueFull:
-            log.info("watch: queue full; %s waits for the next scan", path.name)
+        except TRY_LATER as exc:  # the file stays in the inbox: a full queue or disk is not its fault
+            log.info("watch: %s; %s waits for the next scan", exc, path.name)
             return
         except NstdError as exc:
             await asyncio.to_thread(self._move_to_failed, path, folder, exc.message)
