@@ -44,6 +44,7 @@ class JobWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstd-jobs-db")
         self._conn: sqlite3.Connection | None = None
         self._closing = False
+        self.lock_waits = 0  # busy timeouts waited out so far: for the log and for tests
 
     async def __call__(self, change: Callable[[sqlite3.Connection], T]) -> T:
         """Run `change(conn)` in one transaction on the writer's thread; its return value comes back."""
@@ -78,6 +79,7 @@ class JobWriter:
                 if not warned:
                     log.warning("the database is locked by another process; waiting for it")
                     warned = True
+                self.lock_waits += 1
                 time.sleep(LOCK_RETRY_S)
 
     def _connection(self) -> sqlite3.Connection:

@@ -24,7 +24,7 @@ from typing import Any
 import sqlite_utils
 
 from nst_daemon import db as database
-from nst_daemon import imaging
+from nst_daemon import imaging, job_rows
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, DiskFull, NstdError, is_disk_full
 from nst_daemon.job_model import (
@@ -52,6 +52,7 @@ from nst_daemon.job_model import (
     fetch_jobs,
     job_prefix,
 )
+from nst_daemon.job_rows import MAX_INTERRUPTIONS
 from nst_daemon.job_writer import JobWriter
 from nst_daemon.store import get_bytes
 
@@ -62,6 +63,7 @@ __all__ = [
     "ENGINES",
     "FINAL_STATES",
     "FINAL_WHERE",
+    "MAX_INTERRUPTIONS",
     "SOURCES",
     "TRY_LATER",
     "UNDELIVERED_STATES",
@@ -89,9 +91,6 @@ TRY_LATER = (QueueFull, DiskFull, DatabaseBusy)
 
 # Engine crashes a job may cause before it fails; a daemon crash is not the job's doing and not counted.
 MAX_ATTEMPTS = 3
-# Daemon restarts a job may sit through while running before it fails: not blame, a guard against a job
-# that takes the daemon itself down every time.
-MAX_INTERRUPTIONS = 10
 # After an out-of-memory kill the job runs once more at this fraction of the size it ran at.
 OOM_SHRINK = 0.75
 OOM_MIN_SIDE = 64
@@ -219,7 +218,7 @@ class JobQueue:
             for key, data, info in zip(keys, images, infos, strict=True):
                 put = partial(self.store.put_object, Bucket=self.bucket, Key=key, Body=data)
                 await asyncio.to_thread(put, ContentType=info.content_type)
-            return await self._write(partial(_set_input_keys, job_id, keys))
+            return await self._write(partial(job_rows.set_input_keys, job_id, keys))
         except BaseException as exc:
             # Nothing was acknowledged: take the row and whatever was stored back, then refuse.
             await asyncio.shield(self._discard_intake(job_id))
@@ -254,7 +253,7 @@ class JobQueue:
             await asyncio.to_thread(self._delete_objects, job_prefix(job_id))
         except Exception as exc:  # the row goes anyway; the retention sweep never sees these objects
             log.warning("job %s: could not remove the inputs of a refused intake: %s", job_id, exc)
-        await self._write(partial(_delete_row, job_id))
+        await self._write(partial(job_rows.delete_row, job_id))
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued job at once, or ask the running one to stop; False when it is already final."""
@@ -277,7 +276,7 @@ class JobQueue:
     async def recover(self) -> None:
         """At start: re-queue interrupted jobs (a daemon crash is not their fault, so their attempts stay),
         drop intakes that never finished, and hand back deliveries left mid-send."""
-        orphans, requeued, failed, resent = await self._write(_recover_rows)
+        orphans, requeued, failed, resent = await self._write(job_rows.recover_rows)
         for job_id in orphans:
             await asyncio.to_thread(self._delete_objects, job_prefix(job_id))
             log.info("job %s: intake was interrupted before it was acknowledged; removed", job_id)
@@ -297,7 +296,7 @@ class JobQueue:
     async def run_worker(self) -> None:
         while not self._stopping:
             try:
-                job = await self._write(_claim_next)
+                job = await self._write(job_rows.claim_next)
             except (DatabaseBusy, DiskFull) as exc:  # neither is the end of the daemon: wait it out
                 log.warning("the worker cannot take the next job (%s); trying again", exc)
                 with contextlib.suppress(TimeoutError):
@@ -515,7 +514,7 @@ class JobQueue:
             return
         self._delivering.add(job.id)
         try:
-            claimed = await self._write(partial(_claim_delivery, job.id, job.delivery_attempts))
+            claimed = await self._write(partial(job_rows.claim_delivery, job.id, job.delivery_attempts))
             if claimed is None:
                 return  # delivered, failed or being sent meanwhile
             await self._send(deliverer, claimed, result)
@@ -596,7 +595,7 @@ class JobQueue:
         rows = self._rows(f"{FINAL_WHERE} and created_at < ?", [cutoff])
         for row in rows:
             await asyncio.to_thread(self._delete_objects, job_prefix(row["id"]))
-            await self._write(partial(_delete_row, row["id"]))
+            await self._write(partial(job_rows.delete_row, row["id"]))
         if rows:
             log.info("retention: removed %d jobs older than %.1f days", len(rows), older_than_s / 86400)
         return len(rows)
@@ -641,7 +640,7 @@ class JobQueue:
     async def _update(
         self, job_id: int, values: dict[str, Any], only_if_state: str | None = None
     ) -> Job | None:
-        return await self._write(partial(_update_row, job_id, values, only_if_state))
+        return await self._write(partial(job_rows.update_row, job_id, values, only_if_state))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -663,81 +662,3 @@ def _engine_died(exc: BaseException) -> bool:
     from nst_daemon.engine_process import EngineProcessDied
 
     return isinstance(exc, EngineProcessDied)
-
-
-# --- writes: each runs in one transaction on JobWriter's thread ---
-
-
-def _read_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
-    # On the writer's connection: the shared one may still be on an older snapshot.
-    rows = fetch_jobs(conn, "id = ?", [job_id])
-    return Job.from_row(rows[0]) if rows else None
-
-
-def _update_row(
-    job_id: int, values: dict[str, Any], only_if_state: str | None, conn: sqlite3.Connection
-) -> Job | None:
-    values = {**values, "updated_at": time.time()}
-    sets = ", ".join(f"[{key}] = ?" for key in values)
-    where, args = "id = ?", [*values.values(), job_id]
-    if only_if_state is not None:
-        where += " and state = ?"
-        args.append(only_if_state)
-    if conn.execute(f"update jobs set {sets} where {where}", args).rowcount == 0:
-        return None
-    return _read_job(conn, job_id)
-
-
-def _set_input_keys(job_id: int, keys: list[str], conn: sqlite3.Connection) -> Job:
-    conn.execute("update jobs set input_keys = ? where id = ?", [json.dumps(keys), job_id])
-    job = _read_job(conn, job_id)
-    assert job is not None
-    return job
-
-
-def _delete_row(job_id: int, conn: sqlite3.Connection) -> None:
-    conn.execute("delete from jobs where id = ?", [job_id])
-
-
-def _claim_next(conn: sqlite3.Connection) -> Job | None:
-    row = conn.execute(f"select id from jobs where state = 'queued' and {STORED_WHERE} order by id limit 1")
-    found = row.fetchone()
-    if found is None:
-        return None
-    return _update_row(found[0], {"state": "running", "started_at": time.time(), "progress": 0.0}, None, conn)
-
-
-def _claim_delivery(job_id: int, attempts: int, conn: sqlite3.Connection) -> Job | None:
-    """pending -> sending, only where the row is still pending at the attempts the caller read."""
-    claimed = conn.execute(
-        "update jobs set delivery = 'sending', updated_at = ? "
-        "where id = ? and delivery = 'pending' and delivery_attempts = ?",
-        [time.time(), job_id, attempts],
-    ).rowcount
-    return _read_job(conn, job_id) if claimed else None
-
-
-def _recover_rows(conn: sqlite3.Connection) -> tuple[list[int], list[tuple[int, int]], list[int], list[int]]:
-    """The start-up repairs, in one transaction: (intakes removed, jobs re-queued with their count of
-    interruptions, jobs failed after too many, deliveries handed back to pending)."""
-    orphans = [row[0] for row in conn.execute("select id from jobs where input_keys is null")]
-    conn.executemany("delete from jobs where id = ?", [[job_id] for job_id in orphans])
-    requeued, failed = [], []
-    now = time.time()
-    for row in fetch_jobs(conn, "state = 'running'", suffix="order by id"):
-        params = json.loads(row["params"] or "{}")
-        interruptions = int(params.get("interruptions", 0)) + 1
-        params["interruptions"] = interruptions
-        values: dict[str, Any] = {"params": json.dumps(params), "progress": 0.0, "updated_at": now}
-        if interruptions >= MAX_INTERRUPTIONS:
-            values.update(state="failed", error="interrupted repeatedly by daemon restarts", finished_at=now)
-            failed.append(row["id"])
-        else:
-            values["state"] = "queued"
-            requeued.append((row["id"], interruptions))
-        sets = ", ".join(f"[{key}] = ?" for key in values)
-        conn.execute(f"update jobs set {sets} where id = ?", [*values.values(), row["id"]])
-    resent = [row[0] for row in conn.execute("select id from jobs where delivery = 'sending'")]
-    # updated_at stays the claim's time, so the redelivery backoff does not hold the resend back.
-    conn.execute("update jobs set delivery = 'pending' where delivery = 'sending'")
-    return orphans, requeued, failed, resent

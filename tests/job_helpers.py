@@ -89,7 +89,9 @@ async def run_until_final(queue: JobQueue, job_id: int, limit_s: float = 30) -> 
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             job = queue.get(job_id)
-            delivered = job is not None and (job.delivery != "pending" or job.source not in queue._deliverers)
+            delivered = job is not None and (
+                job.delivery not in jobs.UNDELIVERED_STATES or job.source not in queue._deliverers
+            )
             if job and job.state in jobs.FINAL_STATES and delivered:
                 return job
             await asyncio.sleep(0.02)
