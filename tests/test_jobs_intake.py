@@ -15,7 +15,7 @@ from typing import Any
 
 import image_corpus
 import pytest
-from job_helpers import FakeRunner, cyclegan_request, make_queue, object_keys, run_until_final
+from job_helpers import FakeRunner, cyclegan_request, jpeg, make_queue, object_keys, run_until_final
 
 from nst_daemon import db as database
 from nst_daemon import imaging
@@ -255,3 +255,25 @@ def test_ten_concurrent_40_megapixel_uploads_never_decode_in_the_daemon(tmp_path
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["queued"] == 10
     assert outcome["grown_mb"] < 100, outcome  # one full decode alone is 120 MB; all ten took 1.7 GB
+
+
+def test_the_watched_folder_keeps_a_file_while_the_disk_is_full(tmp_path: Path, disk: FillableDisk) -> None:
+    """A full disk is not the file's fault: it stays in the inbox for the next scan instead of going to
+    failed/ with an error file (the watcher used to treat every refusal but a full queue that way)."""
+    from nst_daemon.watch import FolderWatcher
+
+    async def scenario() -> None:
+        queue = make_queue(tmp_path, FakeRunner(), watch={"dir": str(tmp_path / "watch")})
+        watcher = FolderWatcher(queue.settings, queue)
+        watcher.create_folders()
+        dropped = queue.settings.watch.dir / "inbox" / "monet" / "beach.jpg"
+        dropped.write_bytes(jpeg())
+        disk.full = True
+        await watcher._claim(dropped, "monet")
+        assert dropped.exists() and queue.db["jobs"].count == 0
+        assert not any((queue.settings.watch.dir / "failed" / "monet").iterdir())
+        disk.full = False
+        await watcher._claim(dropped, "monet")  # the next scan
+        assert [job.owner for job in queue.active_jobs()] == [str(dropped)]
+
+    asyncio.run(scenario())
