@@ -253,7 +253,10 @@ class JobQueue:
             await asyncio.to_thread(self._delete_objects, job_prefix(job_id))
         except Exception as exc:  # the row goes anyway; the retention sweep never sees these objects
             log.warning("job %s: could not remove the inputs of a refused intake: %s", job_id, exc)
-        await self._write(partial(job_rows.delete_row, job_id))
+        try:
+            await self._write(partial(job_rows.delete_row, job_id))
+        except Exception as exc:  # the caller's own error matters more; `recover` removes the row later
+            log.warning("job %s: could not remove the row of a refused intake: %s", job_id, exc)
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued job at once, or ask the running one to stop; False when it is already final."""
