@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class NstdError(Exception):
     """Base for every error whose message is meant for the user, not a traceback."""
@@ -39,3 +41,38 @@ def describe_failure(exc: BaseException) -> str:
     text = str(getattr(exc, "message", "") or exc).strip()
     first = text.splitlines()[0][:300] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+DISK_FULL_MESSAGE = "the server is out of disk space; try again later"
+
+
+class DiskFull(NstdError, OSError):
+    """The store or the database ran out of space (ENOSPC, EDQUOT). An OSError still, so code that
+    handles I/O errors keeps doing so; an NstdError, so the user reads one line instead of a traceback.
+    Not fatal: intake refuses with it and the worker waits, both until space returns."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(errno.ENOSPC, DISK_FULL_MESSAGE)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return DISK_FULL_MESSAGE
+
+
+# What running out of space looks like on each backend: an errno here, an S3 error code (MinIO's, and
+# the WebDAV-style 507) on a remote store, and SQLite's own message.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL_S3_CODES = frozenset({"XMinioStorageFull", "InsufficientStorage", "507"})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    if type(exc).__name__ == "OperationalError" and "disk is full" in str(exc):  # sqlite3
+        return True
+    response = getattr(exc, "response", None)  # botocore's ClientError, without importing botocore here
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", "")) in DISK_FULL_S3_CODES
+    return False

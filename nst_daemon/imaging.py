@@ -14,6 +14,7 @@ import re
 import stat
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -118,33 +119,11 @@ def load_image(
     `DECODE_GAP` times it, so the caller's resize gives the same picture as from a full decode, in less
     time and a fraction of the memory: a 24-megapixel photo for a 512-pixel result decodes at half size.
     """
-    if len(data) > max_bytes:
-        raise FileTooLarge(_file_too_large(len(data), max_bytes))
-    if not data:
-        raise NotAnImage("this file is empty")
-    _register_heif()
-    try:
-        # Lazy: this parses the header only, so the size check below runs before pixels are decoded.
-        image = Image.open(io.BytesIO(data), formats=_open_formats())
-    except UnidentifiedImageError:
-        raise _unidentified(data) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
-    except Image.DecompressionBombWarning as exc:  # only when warnings are turned into errors
-        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
-    except MemoryError as exc:
-        raise ImageTooLarge("not enough memory to open this image") from exc
-    except Exception as exc:  # any parser failure on hostile input is the file's fault, not ours
-        raise UnsupportedImage() from exc
+    image = _open_lazily(data, max_pixels=max_pixels, max_bytes=max_bytes)
 
     with image:
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"image is {width}×{height}; the limit is {_megapixels(max_pixels)} megapixels"
-            )
-        if width < 1 or height < 1:
-            raise UnsupportedImage()
+        _check_pixels(width, height, max_pixels)
         try:
             if scale_down > 1:
                 image.draft(None, (max(1, width // scale_down), max(1, height // scale_down)))
@@ -161,6 +140,114 @@ def load_image(
             raise UnsupportedImage() from exc
     result.info = {}
     return result
+
+
+def _open_lazily(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Pillow's lazy open: the header is parsed, no pixel is decoded yet. Every refusal is an ImageError."""
+    if len(data) > max_bytes:
+        raise FileTooLarge(_file_too_large(len(data), max_bytes))
+    if not data:
+        raise NotAnImage("this file is empty")
+    _register_heif()
+    try:
+        return Image.open(io.BytesIO(data), formats=_open_formats())
+    except UnidentifiedImageError:
+        raise _unidentified(data) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
+    except Image.DecompressionBombWarning as exc:  # only when warnings are turned into errors
+        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
+    except MemoryError as exc:
+        raise ImageTooLarge("not enough memory to open this image") from exc
+    except Exception as exc:  # any parser failure on hostile input is the file's fault, not ours
+        raise UnsupportedImage() from exc
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}×{height}; {_pixel_limit(max_pixels)}")
+    if width < 1 or height < 1:
+        raise UnsupportedImage()
+
+
+def _pixel_limit(max_pixels: int) -> str:
+    # Names the setting: whoever runs the server can raise it, and whoever reads the refusal can ask to.
+    return f"the limit is {_megapixels(max_pixels)} megapixels (images.max_pixels)"
+
+
+# --- the intake check --------------------------------------------------------------------------------------
+
+# Refused at intake rather than failing in the engine. NST needs at least 16 px on each side of the image
+# it runs at (VGG19's four poolings before its deepest layer, conv5_1, halve it four times). The smallest
+# working size is the "fast" preset's 256 px, so a side ratio above 16:1 leaves less than 16 px; no phone
+# panorama comes near it (a full 360° one is about 8:1).
+MIN_SIDE = 16
+MAX_ASPECT = 16
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What intake learns of an image from its header: enough to refuse it, without its pixels."""
+
+    format: str
+    size: tuple[int, int]
+    mode: str
+
+    @property
+    def extension(self) -> str:
+        return _EXTENSIONS.get(self.format, self.format.lower())
+
+    @property
+    def content_type(self) -> str:
+        return Image.MIME.get(self.format) or f"image/{self.extension}"
+
+
+_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif", "HEIF": "heic"}
+
+
+def check_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    jpeg_scale_down: int = 8,
+) -> ImageInfo:
+    """Refuse what can be refused without the full pixels: the byte cap, the format, the pixel count and
+    the shape, all from the header. A JPEG is also decoded at 1/`jpeg_scale_down` of each side (1/64 of
+    the pixels): libjpeg still reads every coefficient, so a damaged or truncated JPEG is refused here.
+    Other formats have no reduced decode and are not decoded at all: a PNG of 40 megapixels would take
+    120 MB or more to check. One whose damage shows only when decoding fails in the engine process, with
+    `load_image`'s message."""
+    image = _open_lazily(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    with image:
+        width, height = image.size
+        _check_pixels(width, height, max_pixels)
+        shorter, longer = sorted((width, height))
+        if shorter < MIN_SIDE:
+            raise ImageError(f"image is {width}×{height}; each side needs at least {MIN_SIDE} px")
+        if longer > MAX_ASPECT * shorter:
+            raise ImageError(
+                f"image is {width}×{height}, {longer / shorter:.0f} times as long as it is wide; "
+                f"the limit is {MAX_ASPECT}:1"
+            )
+        info = ImageInfo(image.format or "", (width, height), image.mode)
+        if image.format in ("JPEG", "MPO") and jpeg_scale_down > 1:
+            try:
+                image.draft(None, (max(1, width // jpeg_scale_down), max(1, height // jpeg_scale_down)))
+                image.load()  # refuses truncated files: LOAD_TRUNCATED_IMAGES stays False
+            except MemoryError as exc:
+                raise ImageTooLarge("not enough memory to decode this image") from exc
+            except Exception as exc:
+                raise UnsupportedImage() from exc
+    return info
+
+
+def check_job_image(data: bytes, index: int, **options: Any) -> ImageInfo:
+    """`check_image` for image `index` of a job; an error names it, as `load_job_image`'s do."""
+    try:
+        return check_image(data, **options)
+    except ImageError as exc:
+        raise type(exc)(exc.reason, image_index=index) from None
 
 
 def _draft_for(image: Image.Image, target: tuple[int, int]) -> None:
@@ -284,7 +371,7 @@ def _bomb_message(exc: Exception, max_pixels: int) -> str:
     # Pillow refuses before we see the size; its message carries the pixel count, not the dimensions.
     match = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{_megapixels(int(match.group(1)))} megapixels" if match else "too large"
-    return f"image is {size}; the limit is {_megapixels(max_pixels)} megapixels"
+    return f"image is {size}; {_pixel_limit(max_pixels)}"
 
 
 def _megapixels(pixels: int) -> str:

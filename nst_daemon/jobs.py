@@ -2,8 +2,9 @@
 
 The database is the queue: the worker always takes the oldest queued row, so a restart resumes in the
 original order without any in-memory state to rebuild. The runner is called from a worker thread (the
-daemon's runner passes the job on to its engine process); everything else (store writes included) is
-pushed off the event loop with `asyncio.to_thread`.
+daemon's runner passes the job on to its engine process). SQLite writes go through `JobWriter`'s thread
+and store I/O through `asyncio.to_thread`; no lock is held across either, and the event loop waits on
+neither.
 """
 
 from __future__ import annotations
@@ -17,192 +18,92 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import sqlite_utils
-from PIL import Image
 
 from nst_daemon import db as database
-from nst_daemon import imaging
+from nst_daemon import imaging, job_rows
 from nst_daemon.config import Settings
-from nst_daemon.errors import Cancelled, NstdError
+from nst_daemon.errors import Cancelled, DiskFull, NstdError, is_disk_full
+from nst_daemon.job_model import (
+    ACTIVE_STATES,
+    ACTIVE_WHERE,
+    DELIVERY_STATES,
+    ENGINES,
+    FINAL_STATES,
+    FINAL_WHERE,
+    SOURCES,
+    STORED_WHERE,
+    UNDELIVERED_STATES,
+    DatabaseBusy,
+    Deliverer,
+    Job,
+    JobRequest,
+    Listener,
+    PermanentDeliveryError,
+    ProgressFn,
+    QueueFull,
+    Runner,
+    RunResult,
+    UserBusy,
+    count_active,
+    fetch_jobs,
+    job_prefix,
+)
+from nst_daemon.job_rows import MAX_INTERRUPTIONS
+from nst_daemon.job_writer import JobWriter
 from nst_daemon.store import get_bytes
-from nst_daemon.wording import plural
+
+__all__ = [
+    "ACTIVE_STATES",
+    "ACTIVE_WHERE",
+    "DELIVERY_STATES",
+    "ENGINES",
+    "FINAL_STATES",
+    "FINAL_WHERE",
+    "MAX_INTERRUPTIONS",
+    "SOURCES",
+    "TRY_LATER",
+    "UNDELIVERED_STATES",
+    "DatabaseBusy",
+    "Deliverer",
+    "Job",
+    "JobQueue",
+    "JobRequest",
+    "Listener",
+    "PermanentDeliveryError",
+    "ProgressFn",
+    "QueueFull",
+    "RunResult",
+    "Runner",
+    "UserBusy",
+    "count_active",
+    "fetch_jobs",
+    "job_prefix",
+]
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("telegram", "folder", "cli")
-ENGINES = ("nst", "cyclegan")
-ACTIVE_STATES = ("queued", "running")
-FINAL_STATES = ("done", "failed", "cancelled")
+# Refusals that say nothing about the request: a source that can keep it (the watched folder) tries again.
+TRY_LATER = (QueueFull, DiskFull, DatabaseBusy)
+
+# Engine crashes a job may cause before it fails; a daemon crash is not the job's doing and not counted.
 MAX_ATTEMPTS = 3
+# After an out-of-memory kill the job runs once more at this fraction of the size it ran at.
+OOM_SHRINK = 0.75
+OOM_MIN_SIDE = 64
 PROGRESS_INTERVAL_S = 0.5
 REDELIVERY_DELAYS_S = (5, 15, 60, 300)
 MAX_DELIVERY_ATTEMPTS = 100
 DELIVERY_GRACE_S = 5.0
-# The intake check decodes JPEGs at this fraction of their size: it refuses what a full decode refuses
-# in half the time, and a huge upload never takes its full size in the daemon's memory.
+# The intake check decodes JPEGs at this fraction of their size (1/64 of the pixels); other formats are
+# checked from their header only (`imaging.check_image`).
 INTAKE_SCALE_DOWN = 8
-
-
-class QueueFull(NstdError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the queue is full ({limit} jobs waiting); try again in a few minutes")
-
-
-class UserBusy(NstdError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"you already have {limit} job{plural(limit)} waiting or running; "
-            "wait for one to finish or cancel it"
-        )
-
-
-class PermanentDeliveryError(NstdError):
-    """A delivery that can never succeed (the chat is gone, the folder is unwritable): stop retrying."""
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    source: str
-    owner: str
-    engine: str
-    styles: list[str]
-    params: dict[str, Any]
-    state: str
-    progress: float
-    attempts: int
-    error: str | None
-    input_keys: list[str]
-    output_key: str | None
-    delivery: str
-    delivery_attempts: int
-    reply: dict[str, Any]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Job:
-        return cls(
-            id=row["id"],
-            source=row["source"],
-            owner=row["owner"],
-            engine=row["engine"],
-            styles=json.loads(row["styles"] or "[]"),
-            params=json.loads(row["params"] or "{}"),
-            state=row["state"],
-            progress=row["progress"] or 0.0,
-            attempts=row["attempts"] or 0,
-            error=row["error"],
-            input_keys=json.loads(row["input_keys"] or "[]"),
-            output_key=row["output_key"],
-            delivery=row["delivery"] or "pending",
-            delivery_attempts=row["delivery_attempts"] or 0,
-            reply=json.loads(row["reply"] or "{}"),
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-        )
-
-    @property
-    def prefix(self) -> str:
-        return job_prefix(self.id)
-
-    @property
-    def style_label(self) -> str:
-        return (
-            self.styles[0] if self.engine == "cyclegan" else f"multi-style NST ({len(self.input_keys) - 1})"
-        )
-
-
-def _state_in(states: tuple[str, ...]) -> str:
-    return "state in (" + ", ".join(f"'{state}'" for state in states) + ")"
-
-
-ACTIVE_WHERE = _state_in(ACTIVE_STATES)
-FINAL_WHERE = _state_in(FINAL_STATES)
-
-
-def fetch_jobs(
-    conn: sqlite3.Connection, where: str, args: list[Any] | None = None, suffix: str = ""
-) -> list[dict[str, Any]]:
-    """Rows of `jobs` as dicts, in one statement on any connection. Not sqlite-utils' `rows_where` or
-    `query`: those add a sqlite_master lookup or a savepoint around every read, which once made most of
-    the statements a job ran on the event loop."""
-    cursor = conn.execute(f"select * from jobs where {where} {suffix}", args or [])
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
-
-
-def count_active(conn: sqlite3.Connection, owner: str | None = None) -> int:
-    """Queued and running jobs, all or one owner's (on any connection: the queue uses two)."""
-    if owner is None:
-        return conn.execute(f"select count(*) from jobs where {ACTIVE_WHERE}").fetchone()[0]
-    return conn.execute(f"select count(*) from jobs where owner = ? and {ACTIVE_WHERE}", [owner]).fetchone()[
-        0
-    ]
-
-
-def job_prefix(job_id: int) -> str:
-    return f"jobs/{job_id}/"
-
-
-@dataclass
-class JobRequest:
-    source: str
-    owner: str
-    engine: str
-    content: bytes
-    styles: list[str] = field(default_factory=list)  # cyclegan: [style]; nst: unused
-    style_images: list[bytes] = field(default_factory=list)  # nst only
-    params: dict[str, Any] = field(default_factory=dict)
-    reply: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunResult:
-    """An engine's output: the image, or (from the engine process) the image already encoded as JPEG."""
-
-    image: Image.Image | None
-    report: dict[str, Any]
-    jpeg: bytes | None = None
-
-    def encoded(self) -> bytes:
-        if self.jpeg is not None:
-            return self.jpeg
-        assert self.image is not None
-        return imaging.encode_image(self.image, "jpeg")
-
-
-ProgressFn = Callable[[float], None]
-
-
-class Runner(Protocol):
-    """Runs one job's engine. Called in a worker thread; must honour `cancel` and report progress.
-
-    The images come as stored (JPEG bytes, checked at intake): the runner decodes them where it runs,
-    which for the daemon is its engine process.
-    """
-
-    def run(
-        self,
-        job: Job,
-        content: bytes,
-        styles: list[bytes],
-        progress: ProgressFn,
-        cancel: threading.Event,
-    ) -> RunResult: ...
-
-    def unload_idle(self, idle_s: float) -> list[str]: ...
-
-
-Listener = Callable[[Job], Awaitable[None] | None]
-# Hands a finished job back to where it came from; result is None for failed or cancelled jobs.
-Deliverer = Callable[[Job, bytes | None], Awaitable[None]]
+# While the store is out of space, the worker tries the write it needs again after these waits (the last
+# repeating): it pauses instead of stopping, and goes on by itself once space is freed.
+DISK_FULL_WAITS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class JobQueue:
@@ -221,12 +122,12 @@ class JobQueue:
         self._stopping = False
         self._accepting = True
         self._last_used = time.monotonic()
-        self._db_lock = threading.Lock()
-        self._write_conn: sqlite3.Connection | None = None
+        self._write = JobWriter(database.file_of(db.conn))
         self._worker_idle = asyncio.Event()
         self._worker_idle.set()
         self._background: set[asyncio.Future[None]] = set()
         self._delivering: set[int] = set()
+        self.disk_full = False  # the worker is waiting for space
 
     # --- reading ---
 
@@ -234,18 +135,18 @@ class JobQueue:
         return fetch_jobs(self.db.conn, where, args, suffix)
 
     def get(self, job_id: int) -> Job | None:
-        rows = self._rows("id = ?", [job_id])
+        rows = self._rows(f"id = ? and {STORED_WHERE}", [job_id])
         return Job.from_row(rows[0]) if rows else None
 
     def active_jobs(self, owner: str | None = None) -> list[Job]:
-        where, args = ACTIVE_WHERE, []
+        where, args = f"{ACTIVE_WHERE} and {STORED_WHERE}", []
         if owner is not None:
             where += " and owner = ?"
             args.append(owner)
         return [Job.from_row(row) for row in self._rows(where, args, "order by id")]
 
     def recent_jobs(self, owner: str, limit: int = 5) -> list[Job]:
-        rows = self._rows("owner = ?", [owner, limit], "order by id desc limit ?")
+        rows = self._rows(f"owner = ? and {STORED_WHERE}", [owner, limit], "order by id desc limit ?")
         return [Job.from_row(row) for row in rows]
 
     def position(self, job_id: int) -> tuple[int, int] | None:
@@ -278,9 +179,9 @@ class JobQueue:
             raise ValueError(f"bad job request: source={request.source!r} engine={request.engine!r}")
         if request.engine == "nst" and not request.style_images:
             raise NstdError("multi-style NST needs at least one style image")
-        self._check_capacity(request.owner)
-        stored = await asyncio.to_thread(self._normalize_inputs, request)
-        job = await asyncio.to_thread(self._insert, request, stored)
+        self._check_capacity(request.owner, self.db.conn)  # a cheap early refusal; _reserve decides
+        infos = await asyncio.to_thread(self._check_inputs, request)
+        job = await self._insert(request, infos)
         log.info(
             "job %s queued: %s %s from %s %r", job.id, job.engine, job.style_label, job.source, job.owner
         )
@@ -288,34 +189,46 @@ class JobQueue:
         await self._notify(job)
         return job
 
-    def _check_capacity(self, owner: str, conn: sqlite3.Connection | None = None) -> None:
-        conn = conn or self.db.conn
+    def _check_capacity(self, owner: str, conn: sqlite3.Connection) -> None:
         if count_active(conn) >= self.settings.queue.max_pending:
             raise QueueFull(self.settings.queue.max_pending)
         if count_active(conn, owner) >= self.settings.queue.per_user:
             raise UserBusy(self.settings.queue.per_user)
 
-    def _normalize_inputs(self, request: JobRequest) -> list[bytes]:
-        """Decode every image now, so bad input is refused before a job exists; return what to store.
-
-        A JPEG that decodes is stored as it came: re-encoding it would cost time and quality, and the
-        runner's decode applies its orientation and colour profile anyway. It is checked at a reduced
-        scale (`INTAKE_SCALE_DOWN`). Other formats are decoded in full and become JPEGs.
-        """
+    def _check_inputs(self, request: JobRequest) -> list[imaging.ImageInfo]:
+        """Refuse bad input before a job exists, from each image's header: the daemon's process never
+        holds a photo's pixels (a 70 KB WebP of 40 megapixels took 1 GB to decode). The images are stored
+        as sent and decoded by the engine process, which refuses what only a decode can find."""
         limits = self.settings.images.limits
-        stored = []
-        for index, data in enumerate([request.content, *request.style_images]):
-            jpeg = imaging.is_jpeg(data)
-            scale_down = INTAKE_SCALE_DOWN if jpeg else 1
-            image = imaging.load_job_image(data, index, **limits, scale_down=scale_down)
-            stored.append(data if jpeg else imaging.encode_image(image, "jpeg"))
-        return stored
+        return [
+            imaging.check_job_image(data, index, **limits, jpeg_scale_down=INTAKE_SCALE_DOWN)
+            for index, data in enumerate([request.content, *request.style_images])
+        ]
 
-    def _insert(self, request: JobRequest, images: list[bytes]) -> Job:
-        # Runs in a worker thread, so it writes through a connection of its own: on the shared one, a
-        # read the loop thread has in progress would pin an old snapshot, and the write would fail at
-        # once with "database is locked". BEGIN IMMEDIATE takes the write lock up front, where the busy
-        # timeout applies, and makes the capacity re-check and the insert one atomic step.
+    async def _insert(self, request: JobRequest, infos: list[imaging.ImageInfo]) -> Job:
+        """Reserve the row (its id names the objects), store the inputs with no lock held, then give the
+        row its input keys: only then does the job exist for the worker and for readers. A crash before
+        that leaves a row without keys, which `recover` removes; no one was told of it."""
+        job_id = await self._write(partial(self._reserve, request))
+        prefix = job_prefix(job_id)
+        names = ["content"] + [f"style-{n}" for n in range(1, len(infos))]
+        keys = [f"{prefix}{name}.{info.extension}" for name, info in zip(names, infos, strict=True)]
+        images = [request.content, *request.style_images]
+        try:
+            for key, data, info in zip(keys, images, infos, strict=True):
+                put = partial(self.store.put_object, Bucket=self.bucket, Key=key, Body=data)
+                await asyncio.to_thread(put, ContentType=info.content_type)
+            return await self._write(partial(job_rows.set_input_keys, job_id, keys))
+        except BaseException as exc:
+            # Nothing was acknowledged: take the row and whatever was stored back, then refuse.
+            await asyncio.shield(self._discard_intake(job_id))
+            if is_disk_full(exc) and not isinstance(exc, DiskFull):
+                raise DiskFull(str(exc)) from exc
+            raise
+
+    def _reserve(self, request: JobRequest, conn: sqlite3.Connection) -> int:
+        # In the writer's transaction: two submissions racing for the last slot must not both win.
+        self._check_capacity(request.owner, conn)
         now = time.time()
         row = {
             "source": request.source,
@@ -333,31 +246,17 @@ class JobQueue:
         }
         columns = ", ".join(f"[{name}]" for name in row)
         marks = ", ".join("?" * len(row))
-        with self._db_lock:
-            conn = self._writer()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Two submissions racing for the last slot must not both win.
-                self._check_capacity(request.owner, conn)
-                job_id = conn.execute(
-                    f"insert into jobs ({columns}) values ({marks})", list(row.values())
-                ).lastrowid
-                prefix = job_prefix(job_id)
-                keys = [f"{prefix}content.jpg"] + [f"{prefix}style-{n}.jpg" for n in range(1, len(images))]
-                for key, data in zip(keys, images, strict=True):
-                    self.store.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="image/jpeg")
-                conn.execute("update jobs set input_keys = ? where id = ?", [json.dumps(keys), job_id])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            # Read back on this connection too: the shared one may still be on an older snapshot.
-            return Job.from_row(fetch_jobs(conn, "id = ?", [job_id])[0])
+        return conn.execute(f"insert into jobs ({columns}) values ({marks})", list(row.values())).lastrowid
 
-    def _writer(self) -> sqlite3.Connection:
-        if self._write_conn is None:
-            self._write_conn = database.open_connection(database.file_of(self.db.conn), autocommit=True)
-        return self._write_conn
+    async def _discard_intake(self, job_id: int) -> None:
+        try:
+            await asyncio.to_thread(self._delete_objects, job_prefix(job_id))
+        except Exception as exc:  # the row goes anyway; the retention sweep never sees these objects
+            log.warning("job %s: could not remove the inputs of a refused intake: %s", job_id, exc)
+        try:
+            await self._write(partial(job_rows.delete_row, job_id))
+        except Exception as exc:  # the caller's own error matters more; `recover` removes the row later
+            log.warning("job %s: could not remove the row of a refused intake: %s", job_id, exc)
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued job at once, or ask the running one to stop; False when it is already final."""
@@ -368,7 +267,7 @@ class JobQueue:
             self._running[1].set()
             log.info("job %s: cancellation requested", job_id)
             return True
-        updated = self._update(
+        updated = await self._update(
             job_id, {"state": "cancelled", "finished_at": time.time()}, only_if_state="queued"
         )
         if updated:
@@ -378,30 +277,35 @@ class JobQueue:
     # --- the worker ---
 
     async def recover(self) -> None:
-        """At start: re-queue interrupted jobs, fail ones that keep crashing, redeliver finished ones."""
-        for row in self._rows("state = 'running'", suffix="order by id"):
-            attempts = (row["attempts"] or 0) + 1
-            if attempts >= MAX_ATTEMPTS:
-                job = self._update(
-                    row["id"],
-                    {
-                        "state": "failed",
-                        "attempts": attempts,
-                        "error": "failed repeatedly",
-                        "finished_at": time.time(),
-                    },
-                )
-                log.warning("job %s failed repeatedly (%d interrupted runs)", row["id"], attempts)
-                if job:
-                    await self._write_report(job, {"error": "failed repeatedly", "attempts": attempts})
-            else:
-                self._update(row["id"], {"state": "queued", "attempts": attempts, "progress": 0.0})
-                log.info("job %s was interrupted; queued again (attempt %d)", row["id"], attempts + 1)
+        """At start: re-queue interrupted jobs (a daemon crash is not their fault, so their attempts stay),
+        drop intakes that never finished, and hand back deliveries left mid-send."""
+        orphans, requeued, failed, resent = await self._write(job_rows.recover_rows)
+        for job_id in orphans:
+            await asyncio.to_thread(self._delete_objects, job_prefix(job_id))
+            log.info("job %s: intake was interrupted before it was acknowledged; removed", job_id)
+        for job_id, interruptions in requeued:
+            log.info("job %s was interrupted (%d times); queued again", job_id, interruptions)
+        for job_id in failed:
+            log.warning("job %s failed: interrupted by %d daemon restarts", job_id, MAX_INTERRUPTIONS)
+            job = self.get(job_id)
+            if job:
+                await self._write_report(job, {"error": job.error, "attempts": job.attempts})
+        for job_id in resent:
+            # Crashed between the source's answer and the record of it: sending again may duplicate the
+            # result, not sending may lose it. A duplicate is the lesser harm (see _deliver).
+            log.warning("job %s: delivery was interrupted mid-send; sending again (may duplicate)", job_id)
         self._wakeup.set()
 
     async def run_worker(self) -> None:
         while not self._stopping:
-            job = self._claim_next()
+            try:
+                # Shutting down: the running job may finish, no other one starts.
+                job = await self._write(job_rows.claim_next) if self._accepting else None
+            except (DatabaseBusy, DiskFull) as exc:  # neither is the end of the daemon: wait it out
+                log.warning("the worker cannot take the next job (%s); trying again", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=5)
+                continue
             if job is None:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -414,18 +318,6 @@ class JobQueue:
                 self._running = None
                 self._last_used = time.monotonic()
                 self._worker_idle.set()
-
-    def _claim_next(self) -> Job | None:
-        if not self._accepting:  # shutting down: the running job may finish, no other one starts
-            return None
-        rows = self._rows("state = 'queued'", suffix="order by id limit 1")
-        if not rows:
-            return None
-        return self._update(
-            rows[0]["id"],
-            {"state": "running", "started_at": time.time(), "progress": 0.0},
-            only_if_state="queued",
-        )
 
     async def _run_one(self, job: Job) -> None:
         cancel = threading.Event()
@@ -449,16 +341,19 @@ class JobQueue:
         except Cancelled:
             if self._stopping:
                 # Shut down mid-job: leave it queued so the next start runs it again.
-                self._update(job.id, {"state": "queued", "progress": 0.0})
+                await self._update(job.id, {"state": "queued", "progress": 0.0})
                 log.info("job %s interrupted by shutdown; it will run again at the next start", job.id)
                 return
-            done = self._update(job.id, {"state": "cancelled", "finished_at": time.time()})
+            done = await self._update(job.id, {"state": "cancelled", "finished_at": time.time()})
             log.info("job %s cancelled", job.id)
             await self._finish(done, background=True)
             await self._write_report(done, {"error": "cancelled"})
             return
         except NstdError as exc:
-            await self._fail(job, exc.message, traceback.format_exc())
+            if _engine_died(exc):
+                await self._engine_died(job, exc, traceback.format_exc())
+            else:
+                await self._fail(job, exc.message, traceback.format_exc())
             return
         except Exception as exc:  # an engine bug or a driver error: the job fails, the daemon goes on
             log.exception("job %s: engine failed", job.id)
@@ -467,11 +362,12 @@ class JobQueue:
         seconds = time.monotonic() - started
         output_key = f"{job.prefix}result.jpg"
         data = await asyncio.to_thread(result.encoded)
-        await asyncio.to_thread(
-            self.store.put_object, Bucket=self.bucket, Key=output_key, Body=data, ContentType="image/jpeg"
-        )
+        if not await self._put_waiting(output_key, data, "image/jpeg"):
+            # Shut down while the disk was full: the job runs again at the next start.
+            await self._update(job.id, {"state": "queued", "progress": 0.0})
+            return
         report = {**result.report, "seconds": round(seconds, 3)}
-        done = self._update(
+        done = await self._update(
             job.id,
             {
                 "state": "done",
@@ -487,12 +383,49 @@ class JobQueue:
         await self._finish(done, data, background=True)
         await self._write_report(done, report)
 
+    async def _engine_died(self, job: Job, exc: NstdError, trace: str) -> None:
+        """The engine process died under this job: that counts against it, as a failure of the job's own
+        run. It runs again until its attempts are spent; after an out-of-memory kill, once more at a
+        smaller size, and not again after a second one."""
+        attempts = job.attempts + 1
+        side = self._working_side(job)
+        if getattr(exc, "oom_suspected", False):
+            if job.params.get("oom_retry_from"):
+                await self._fail(
+                    job, f"{exc.message}; it ran out of memory even at {side} px", trace, attempts=attempts
+                )
+                return
+            smaller = max(OOM_MIN_SIDE, int(side * OOM_SHRINK))
+            params = {**job.params, "max_side": smaller, "oom_retry_from": side}
+            log.warning("job %s: out of memory at %d px; trying once more at %d px", job.id, side, smaller)
+            await self._requeue(job, attempts, params)
+            return
+        if attempts >= MAX_ATTEMPTS:
+            message = f"{exc.message} (the engine crashed {attempts} times on this job)"
+            await self._fail(job, message, trace, attempts=attempts)
+            return
+        log.warning("job %s: %s; queued again (attempt %d of %d)", job.id, exc, attempts + 1, MAX_ATTEMPTS)
+        await self._requeue(job, attempts, job.params)
+
+    async def _requeue(self, job: Job, attempts: int, params: dict[str, Any]) -> None:
+        values = {"state": "queued", "progress": 0.0, "attempts": attempts, "params": json.dumps(params)}
+        queued = await self._update(job.id, values)
+        if queued:
+            await self._notify(queued)
+
+    def _working_side(self, job: Job) -> int:
+        """The size the job ran at: its own `max_side`, else its engine's setting, as the runner reads it."""
+        engine = self.settings.cyclegan if job.engine == "cyclegan" else self.settings.nst
+        return int(job.params.get("max_side") or engine.max_side)
+
     def _schedule_progress(self, job_id: int, fraction: float) -> None:
-        job = self._update(job_id, {"progress": max(0.0, min(1.0, fraction))}, only_if_state="running")
-        if job:
-            task = asyncio.ensure_future(self._notify(job))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._spawn(self._progress(job_id, fraction))
+
+    async def _progress(self, job_id: int, fraction: float) -> None:
+        job = await self._update(job_id, {"progress": max(0.0, min(1.0, fraction))}, only_if_state="running")
+        # Written in order with the final state, but told only while it is still news.
+        if job and self.running_job_id == job_id:
+            await self._notify(job)
 
     def _read_and_run(self, job: Job, progress: ProgressFn, cancel: threading.Event) -> RunResult:
         # One trip to a worker thread for both: each trip waits for the loop's thread to let go of the GIL.
@@ -502,8 +435,40 @@ class JobQueue:
     def _get_bytes(self, key: str) -> bytes:
         return get_bytes(self.store, self.bucket, key)
 
-    async def _fail(self, job: Job, message: str, trace: str) -> None:
-        failed = self._update(job.id, {"state": "failed", "error": message, "finished_at": time.time()})
+    async def _put_waiting(self, key: str, data: bytes, content_type: str) -> bool:
+        """Store an object the worker must not lose; while the disk is full, wait and try again (the
+        worker pauses, the daemon runs on). False when shutting down before it could be stored."""
+        waits = iter(DISK_FULL_WAITS_S)
+        wait = DISK_FULL_WAITS_S[0]
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self.store.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                )
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not self.disk_full:
+                    log.error("the store is out of disk space; the worker waits for space (%s)", key)
+                    self.disk_full = True
+                if self._stopping:
+                    return False
+                wait = next(waits, wait)
+                # The wakeup ends the wait early: shutdown sets it, and so does a new job (worth a try).
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                continue
+            if self.disk_full:
+                log.info("disk space is back; the worker goes on")
+                self.disk_full = False
+            return True
+
+    async def _fail(self, job: Job, message: str, trace: str, *, attempts: int | None = None) -> None:
+        values: dict[str, Any] = {"state": "failed", "error": message, "finished_at": time.time()}
+        if attempts is not None:
+            values["attempts"] = attempts
+        failed = await self._update(job.id, values)
         log.warning("job %s failed: %s", job.id, message)
         await self._finish(failed, background=True)
         await self._write_report(failed, {"error": message, "traceback": trace})
@@ -525,13 +490,7 @@ class JobQueue:
             **extra,
         }
         data = json.dumps(report, indent=2, default=str).encode()
-        await asyncio.to_thread(
-            self.store.put_object,
-            Bucket=self.bucket,
-            Key=f"{job.prefix}report.json",
-            Body=data,
-            ContentType="application/json",
-        )
+        await self._put_waiting(f"{job.prefix}report.json", data, "application/json")
 
     # --- delivery ---
 
@@ -546,36 +505,51 @@ class JobQueue:
             return
         # The worker hands delivery to a task: a slow Telegram (429 waits, an outage) must not hold up
         # the next job on the GPU.
-        task = asyncio.ensure_future(self._deliver(job, result))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._deliver(job, result))
 
     async def _deliver(self, job: Job, result: bytes | None = None) -> None:
+        """Exactly once, short of a crash in one window. The delivery is claimed in the database first
+        (pending -> sending, only where still pending at the attempts this caller saw), so two callers
+        (the worker's and a redelivery pass working from an older read) cannot both send it. The one
+        window left is between the source's answer and the commit of "delivered": a crash there leaves
+        the row "sending", and `recover` sends it again (a possible duplicate, never a loss)."""
         deliverer = self._deliverers.get(job.source)
-        # One delivery per job at a time: the redelivery pass must not resend a result whose first
-        # delivery is still under way.
         if deliverer is None or job.delivery != "pending" or job.id in self._delivering:
             return
         self._delivering.add(job.id)
         try:
-            if result is None and job.state == "done" and job.output_key:
-                result = await asyncio.to_thread(self._get_bytes, job.output_key)
-            await deliverer(job, result)
-        except PermanentDeliveryError as exc:
-            self._update(job.id, {"delivery": "failed", "delivery_attempts": job.delivery_attempts + 1})
-            log.warning("job %s: delivery failed for good: %s", job.id, exc)
-        except Exception as exc:
-            attempts = job.delivery_attempts + 1
-            state = "failed" if attempts >= MAX_DELIVERY_ATTEMPTS else "pending"
-            self._update(job.id, {"delivery": state, "delivery_attempts": attempts})
-            log.warning("job %s: delivery to %s failed (attempt %d): %s", job.id, job.source, attempts, exc)
-        else:
-            self._update(job.id, {"delivery": "delivered", "delivery_attempts": job.delivery_attempts + 1})
+            claimed = await self._write(partial(job_rows.claim_delivery, job.id, job.delivery_attempts))
+            if claimed is None:
+                return  # delivered, failed or being sent meanwhile
+            await self._send(deliverer, claimed, result)
         finally:
             self._delivering.discard(job.id)
 
+    async def _send(self, deliverer: Deliverer, job: Job, result: bytes | None) -> None:
+        attempts = job.delivery_attempts + 1
+        try:
+            if result is None and job.state == "done" and job.output_key:
+                result = await asyncio.to_thread(self._get_bytes, job.output_key)
+            await deliverer(job, result)
+        except asyncio.CancelledError:
+            # Shut down mid-send: whether it arrived is unknown, so it is sent again at the next start.
+            await asyncio.shield(self._update(job.id, {"delivery": "pending"}))
+            raise
+        except PermanentDeliveryError as exc:
+            await self._update(job.id, {"delivery": "failed", "delivery_attempts": attempts})
+            log.warning("job %s: delivery failed for good: %s", job.id, exc)
+        except Exception as exc:
+            state = "failed" if attempts >= MAX_DELIVERY_ATTEMPTS else "pending"
+            await self._update(job.id, {"delivery": state, "delivery_attempts": attempts})
+            log.warning("job %s: delivery to %s failed (attempt %d): %s", job.id, job.source, attempts, exc)
+        else:
+            await self._update(job.id, {"delivery": "delivered", "delivery_attempts": attempts})
+
     async def redeliver_pending(self) -> int:
-        """Retry finished jobs whose result has not reached their source yet, with backoff per job."""
+        """Retry finished jobs whose result has not reached their source yet, with backoff per job.
+
+        The rows read here may be stale by the time each turn comes (an earlier delivery can wait through
+        minutes of flood control); `_deliver`'s claim re-checks each one in the database before sending."""
         now = time.time()
         count = 0
         sources = list(self._deliverers)
@@ -583,7 +557,7 @@ class JobQueue:
             return 0
         marks = ",".join("?" * len(sources))
         # Read every row before the first await: an open cursor would pin a stale read snapshot on the
-        # shared connection, and a later write on it fails with "database is locked" (SQLITE_BUSY_SNAPSHOT).
+        # shared connection.
         rows = self._rows(
             f"{FINAL_WHERE} and delivery = 'pending' and source in ({marks})",
             sources,
@@ -625,8 +599,7 @@ class JobQueue:
         rows = self._rows(f"{FINAL_WHERE} and created_at < ?", [cutoff])
         for row in rows:
             await asyncio.to_thread(self._delete_objects, job_prefix(row["id"]))
-            with self._db_lock, self.db.conn:
-                self.db.conn.execute("delete from jobs where id = ?", [row["id"]])
+            await self._write(partial(job_rows.delete_row, row["id"]))
         if rows:
             log.info("retention: removed %d jobs older than %.1f days", len(rows), older_than_s / 86400)
         return len(rows)
@@ -659,6 +632,7 @@ class JobQueue:
                 await asyncio.wait_for(self._worker_idle.wait(), timeout=grace_s)
             except TimeoutError:
                 self._stopping = True
+                self._wakeup.set()
                 if self._running is not None:
                     self._running[1].set()
                 await self._worker_idle.wait()
@@ -669,33 +643,26 @@ class JobQueue:
             _, pending = await asyncio.wait(self._background, timeout=DELIVERY_GRACE_S)
             for task in pending:
                 task.cancel()
-        with self._db_lock:
-            if self._write_conn is not None:
-                self._write_conn.close()
-                self._write_conn = None
+            if pending:  # each puts its claim back (see _send) before the connection closes
+                await asyncio.wait(pending, timeout=DELIVERY_GRACE_S)
+        await self._write.close()
 
     # --- internals ---
 
-    def record_reply(self, job_id: int, values: dict[str, Any]) -> None:
+    async def record_reply(self, job_id: int, values: dict[str, Any]) -> None:
         """Merge `values` into a job's `reply` JSON: a deliverer noting where the result went (the
         folder's `result_path`, read by `nstd jobs show` and by a redelivery after a crash)."""
-        with self._db_lock, self.db.conn:
-            self.db.conn.execute(
-                "update jobs set reply = json_patch(coalesce(reply, '{}'), ?) where id = ?",
-                [json.dumps(values), job_id],
-            )
+        await self._write(partial(job_rows.merge_reply, job_id, values))
 
-    def _update(self, job_id: int, values: dict[str, Any], only_if_state: str | None = None) -> Job | None:
-        values = {**values, "updated_at": time.time()}
-        sets = ", ".join(f"[{key}] = ?" for key in values)
-        where, args = "id = ?", [*values.values(), job_id]
-        if only_if_state is not None:
-            where += " and state = ?"
-            args.append(only_if_state)
-        with self._db_lock, self.db.conn:
-            if self.db.conn.execute(f"update jobs set {sets} where {where}", args).rowcount == 0:
-                return None
-        return self.get(job_id)
+    async def _update(
+        self, job_id: int, values: dict[str, Any], only_if_state: str | None = None
+    ) -> Job | None:
+        return await self._write(partial(job_rows.update_row, job_id, values, only_if_state))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _notify(self, job: Job) -> None:
         for listener in self._listeners:
@@ -705,3 +672,10 @@ class JobQueue:
                     await outcome
             except Exception:
                 log.exception("job listener failed for job %s", job.id)
+
+
+def _engine_died(exc: BaseException) -> bool:
+    # Imported here: engine_process imports this module.
+    from nst_daemon.engine_process import EngineProcessDied
+
+    return isinstance(exc, EngineProcessDied)

@@ -214,7 +214,7 @@ class FolderWatcher:
             return False  # SQLite cannot hold the name, so no job can have it
         return bool(
             self.queue.db["jobs"].count_where(
-                f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery = 'pending')",
+                f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery in ('pending', 'sending'))",
                 [str(path)],
             )
         )
@@ -316,7 +316,7 @@ class FolderWatcher:
             staged = self.root / "outbox" / folder / f".nstd-job-{job.id}.tmp"
             result_path = await asyncio.to_thread(self._write_result, job, staged, result)
             if str(result_path) != job.reply.get("result_path"):
-                self.queue.record_reply(job.id, {"result_path": str(result_path)})
+                await self.queue.record_reply(job.id, {"result_path": str(result_path)})
             # Only once the path is recorded: until then the staged name is how a redelivery after a
             # crash finds the result it already wrote, rather than writing a second copy.
             await asyncio.to_thread(unstage, staged)
@@ -326,7 +326,7 @@ class FolderWatcher:
         else:
             original = await asyncio.to_thread(self._move_to_failed, source, folder, job.error or job.state)
         if original is not None:
-            self.queue.record_reply(job.id, {"original_path": str(original)})
+            await self.queue.record_reply(job.id, {"original_path": str(original)})
 
     @staticmethod
     def _write_result(job: Job, staged: Path, result: bytes) -> Path:

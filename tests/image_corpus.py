@@ -89,6 +89,18 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
 
 
+def large_png(width: int, height: int, value: int = 90) -> bytes:
+    """A grey 8-bit RGB PNG of any size, built row by row: a 40-megapixel one is about 120 KB and never
+    exists as pixels here, so a test can measure what decoding it would cost."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = b"\x00" + bytes([value]) * (width * 3)  # filter type 0, then the pixels
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    )
+
+
 def gif_screen_bomb(width: int = 60000, height: int = 60000) -> bytes:
     """A tiny GIF whose logical screen claims a huge canvas."""
     data = bytearray(encode(Image.new("P", (1, 1)), "GIF"))

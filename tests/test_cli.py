@@ -16,6 +16,7 @@ from checkpoints import random_image
 from conftest import NSTD, write_config
 from PIL import Image
 
+from nst_daemon.job_rows import claim_next
 from nst_daemon.jobs import Job, JobQueue, JobRequest, RunResult
 
 
@@ -124,7 +125,7 @@ def intake(config: Path, requests: list[JobRequest], run: int = 0) -> list[Job]:
     async def go() -> list[Job]:
         jobs = [await queue.submit(request) for request in requests]
         for _ in range(run):
-            claimed = queue._claim_next()
+            claimed = await queue._write(claim_next)
             assert claimed is not None
             await queue._run_one(claimed)
         await asyncio.gather(*queue._background)

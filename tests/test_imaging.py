@@ -10,7 +10,7 @@ from pathlib import Path
 import image_corpus as corpus
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, features
+from PIL import Image, ImageCms, ImageFile, features
 
 from nst_daemon import imaging
 from nst_daemon.errors import NstdError
@@ -146,9 +146,13 @@ def test_header_bomb_is_refused_without_allocating() -> None:
 
 def test_pixel_cap_is_checked_before_decoding() -> None:
     # Under Pillow's own limit, so our check fires; a decode would fail differently (there is no IDAT).
-    with pytest.raises(ImageTooLarge, match=r"^image is 10000×5000; the limit is 40 megapixels$"):
+    with pytest.raises(
+        ImageTooLarge, match=r"^image is 10000×5000; the limit is 40 megapixels \(images\.max_pixels\)$"
+    ):
         load_image(corpus.png_header_only(10000, 5000))
-    with pytest.raises(ImageTooLarge, match=r"^image is 64×48; the limit is 0\.003 megapixels$"):
+    with pytest.raises(
+        ImageTooLarge, match=r"^image is 64×48; the limit is 0\.003 megapixels \(images\.max_pixels\)$"
+    ):
         load_image(corpus.jpeg((64, 48)), max_pixels=3000)
     assert load_image(corpus.jpeg((64, 48)), max_pixels=64 * 48).size == (64, 48)
 
@@ -157,7 +161,10 @@ def test_pillow_bomb_warning_as_error_maps_to_too_large() -> None:
     # 100 Mpx lies between Pillow's warning (89 Mpx) and error (179 Mpx) thresholds.
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with pytest.raises(ImageTooLarge, match=r"^image is 100 megapixels; the limit is 200 megapixels$"):
+        with pytest.raises(
+            ImageTooLarge,
+            match=r"^image is 100 megapixels; the limit is 200 megapixels \(images\.max_pixels\)$",
+        ):
             load_image(corpus.png_header_only(10000, 10000), max_pixels=200_000_000)
 
 
@@ -638,3 +645,60 @@ def test_format_for_path() -> None:
             format_for_path(Path(name))
     with pytest.raises(ValueError):
         format_for_path(Path("x.bmp"))
+
+
+# --- the intake check (header only) -----------------------------------------------------------------------
+
+
+def test_check_image_reads_the_header_and_decodes_no_pixels_of_other_formats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads: list[str | None] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> object:
+        loads.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    info = imaging.check_image(corpus.large_png(8000, 5000))  # 120 MB of RGB if it were decoded
+    assert (info.format, info.size, info.mode) == ("PNG", (8000, 5000), "RGB")
+    assert (info.extension, info.content_type) == ("png", "image/png")
+    webp = imaging.check_image(corpus.encode(corpus.solid((64, 48)), "WEBP"))
+    assert (webp.format, webp.extension, webp.content_type) == ("WEBP", "webp", "image/webp")
+    assert loads == []
+    # A JPEG is decoded, at an eighth of each side: damage shows, at 1/64 of the memory.
+    jpeg = imaging.check_image(corpus.jpeg((640, 480)))
+    assert (jpeg.extension, jpeg.size, loads) == ("jpg", (640, 480), ["JPEG"])
+
+
+def test_check_image_refuses_the_corpus_that_a_header_or_a_jpeg_scan_can_tell() -> None:
+    # Only decoding finds a cut-off PNG or BMP: the engine process refuses those (test_jobs_intake.py).
+    decode_only = {"truncated png", "truncated bmp"}
+    for name, data in corpus.bad_inputs().items():
+        if name in decode_only:
+            assert imaging.check_image(data).size == (32, 24), name
+            with pytest.raises(UnsupportedImage):
+                load_image(data)
+            continue
+        with pytest.raises(ImageError):
+            imaging.check_image(data)
+
+
+def test_check_image_refuses_slivers_with_the_reason() -> None:
+    with pytest.raises(ImageError, match=r"^image is 1×50000; each side needs at least 16 px$"):
+        imaging.check_image(corpus.png_header_only(1, 50000))
+    with pytest.raises(
+        ImageError, match=r"^image is 340×20, 17 times as long as it is wide; the limit is 16:1$"
+    ):
+        imaging.check_image(corpus.large_png(340, 20))
+    assert imaging.check_image(corpus.large_png(16, 256)).size == (16, 256)  # the widest shape NST takes
+    with pytest.raises(ImageError, match=r"^style image 2: image is 8×8; each side needs at least 16 px$"):
+        imaging.check_job_image(corpus.large_png(8, 8), 2)
+
+
+def test_check_image_names_the_pixel_setting() -> None:
+    with pytest.raises(
+        ImageTooLarge, match=r"^image is 8000×6000; the limit is 40 megapixels \(images\.max_pixels\)$"
+    ):
+        imaging.check_image(corpus.png_header_only(8000, 6000))

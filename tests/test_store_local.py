@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 from botocore.response import StreamingBody
 
 from nst_daemon.config import Settings
+from nst_daemon.errors import DiskFull
 from nst_daemon.store import LocalS3Client, expire, get_bytes, open_store, put_bytes
 from nst_daemon.store.objfile import TEMP_PREFIX
 
@@ -258,8 +259,11 @@ def test_failed_rename_leaves_nothing(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    # One typed error for a full disk, still an OSError, with the system's own as its cause.
+    with pytest.raises(DiskFull, match=r"^the server is out of disk space; try again later$") as caught:
         client.put_object(Bucket=BUCKET, Key="k", Body=b"x" * 1000)
+    assert isinstance(caught.value, OSError) and caught.value.errno == 28
+    assert "No space" in str(caught.value.__cause__)
     monkeypatch.undo()
     with pytest.raises(ClientError) as excinfo:
         client.head_object(Bucket=BUCKET, Key="k")

@@ -237,7 +237,7 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.replies: dict[int, dict[str, Any]] = {}
 
-    def record_reply(self, job_id: int, values: dict[str, Any]) -> None:
+    async def record_reply(self, job_id: int, values: dict[str, Any]) -> None:
         self.replies.setdefault(job_id, {}).update(values)
 
 

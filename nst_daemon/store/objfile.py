@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from nst_daemon.errors import DiskFull, is_disk_full
 from nst_daemon.fsutil import fsync_dir
 from nst_daemon.store.keys import RESERVED_PREFIX
 
@@ -51,7 +52,12 @@ def write_object(
     header = json.dumps(
         {"key": key, "content_type": content_type, "metadata": metadata}, separators=(",", ":")
     ).encode("utf-8")
-    fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=directory)
+    except OSError as exc:
+        if is_disk_full(exc):  # no inode left
+            raise DiskFull(f"{key}: {exc}") from exc
+        raise
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(_PREFIX.pack(_MAGIC, 0, bytes(16), len(header)))
@@ -68,9 +74,12 @@ def write_object(
             os.fsync(out.fileno())
             mtime = os.fstat(out.fileno()).st_mtime
         os.replace(temp, directory / name)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+        if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and is_disk_full(exc):
+            # One typed error for every caller: intake refuses with its message, the worker waits.
+            raise DiskFull(f"{key}: {exc}") from exc
         raise
     fsync_dir(directory)
     return StoredObject(key, size, f'"{digest.hexdigest()}"', content_type, metadata, _timestamp(mtime))

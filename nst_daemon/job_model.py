@@ -1,0 +1,191 @@
+"""What a job is: its row (`Job`), the request that makes one, the runner's interface and result, and
+the plain-SQL reads every module shares. `nst_daemon.jobs` re-exports all of it next to the queue."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from nst_daemon import imaging
+from nst_daemon.errors import NstdError
+from nst_daemon.wording import plural
+
+SOURCES = ("telegram", "folder", "cli")
+ENGINES = ("nst", "cyclegan")
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("done", "failed", "cancelled")
+# A delivery is "sending" from its claim until the source's answer is recorded; see JobQueue._deliver.
+DELIVERY_STATES = ("pending", "sending", "delivered", "failed")
+UNDELIVERED_STATES = ("pending", "sending")
+
+
+class QueueFull(NstdError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the queue is full ({limit} jobs waiting); try again in a few minutes")
+
+
+class UserBusy(NstdError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"you already have {limit} job{plural(limit)} waiting or running; "
+            "wait for one to finish or cancel it"
+        )
+
+
+class PermanentDeliveryError(NstdError):
+    """A delivery that can never succeed (the chat is gone, the folder is unwritable): stop retrying."""
+
+
+class DatabaseBusy(NstdError):
+    def __init__(self) -> None:
+        super().__init__("the server's database is busy; try again in a minute")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    source: str
+    owner: str
+    engine: str
+    styles: list[str]
+    params: dict[str, Any]
+    state: str
+    progress: float
+    attempts: int
+    error: str | None
+    input_keys: list[str]
+    output_key: str | None
+    delivery: str
+    delivery_attempts: int
+    reply: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            id=row["id"],
+            source=row["source"],
+            owner=row["owner"],
+            engine=row["engine"],
+            styles=json.loads(row["styles"] or "[]"),
+            params=json.loads(row["params"] or "{}"),
+            state=row["state"],
+            progress=row["progress"] or 0.0,
+            attempts=row["attempts"] or 0,
+            error=row["error"],
+            input_keys=json.loads(row["input_keys"] or "[]"),
+            output_key=row["output_key"],
+            delivery=row["delivery"] or "pending",
+            delivery_attempts=row["delivery_attempts"] or 0,
+            reply=json.loads(row["reply"] or "{}"),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
+
+    @property
+    def prefix(self) -> str:
+        return job_prefix(self.id)
+
+    @property
+    def style_label(self) -> str:
+        return (
+            self.styles[0] if self.engine == "cyclegan" else f"multi-style NST ({len(self.input_keys) - 1})"
+        )
+
+
+def _state_in(states: tuple[str, ...]) -> str:
+    return "state in (" + ", ".join(f"'{state}'" for state in states) + ")"
+
+
+ACTIVE_WHERE = _state_in(ACTIVE_STATES)
+FINAL_WHERE = _state_in(FINAL_STATES)
+# A queued row has no inputs for the moment between its insert and the store's answer (see
+# JobQueue._insert): it counts against the caps, but nothing may run it or show it yet.
+STORED_WHERE = "input_keys is not null"
+
+
+def fetch_jobs(
+    conn: sqlite3.Connection, where: str, args: list[Any] | None = None, suffix: str = ""
+) -> list[dict[str, Any]]:
+    """Rows of `jobs` as dicts, in one statement on any connection. Not sqlite-utils' `rows_where` or
+    `query`: those add a sqlite_master lookup or a savepoint around every read, which once made most of
+    the statements a job ran on the event loop."""
+    cursor = conn.execute(f"select * from jobs where {where} {suffix}", args or [])
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def count_active(conn: sqlite3.Connection, owner: str | None = None) -> int:
+    """Queued and running jobs, all or one owner's (on any connection: the queue uses two)."""
+    if owner is None:
+        return conn.execute(f"select count(*) from jobs where {ACTIVE_WHERE}").fetchone()[0]
+    return conn.execute(f"select count(*) from jobs where owner = ? and {ACTIVE_WHERE}", [owner]).fetchone()[
+        0
+    ]
+
+
+def job_prefix(job_id: int) -> str:
+    return f"jobs/{job_id}/"
+
+
+@dataclass
+class JobRequest:
+    source: str
+    owner: str
+    engine: str
+    content: bytes
+    styles: list[str] = field(default_factory=list)  # cyclegan: [style]; nst: unused
+    style_images: list[bytes] = field(default_factory=list)  # nst only
+    params: dict[str, Any] = field(default_factory=dict)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """An engine's output: the image, or (from the engine process) the image already encoded as JPEG."""
+
+    image: Image.Image | None
+    report: dict[str, Any]
+    jpeg: bytes | None = None
+
+    def encoded(self) -> bytes:
+        if self.jpeg is not None:
+            return self.jpeg
+        assert self.image is not None
+        return imaging.encode_image(self.image, "jpeg")
+
+
+ProgressFn = Callable[[float], None]
+
+
+class Runner(Protocol):
+    """Runs one job's engine. Called in a worker thread; must honour `cancel` and report progress.
+
+    The images come as stored: the bytes as sent, whose header (not their pixels) intake checked. The
+    runner decodes them where it runs, which for the daemon is its engine process.
+    """
+
+    def run(
+        self,
+        job: Job,
+        content: bytes,
+        styles: list[bytes],
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> RunResult: ...
+
+    def unload_idle(self, idle_s: float) -> list[str]: ...
+
+
+Listener = Callable[[Job], Awaitable[None] | None]
+# Hands a finished job back to where it came from; result is None for failed or cancelled jobs.
+Deliverer = Callable[[Job, bytes | None], Awaitable[None]]
