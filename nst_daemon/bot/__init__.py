@@ -31,6 +31,7 @@ from aiogram.types import BotCommand
 from aiogram.utils.token import TokenValidationError
 
 from nst_daemon.bot import texts
+from nst_daemon.bot.api_limits import ApiLimiter, ApiLimitMiddleware
 from nst_daemon.bot.callbacks import AnswerCallbacksMiddleware
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.delivery import TelegramDeliverer
@@ -74,7 +75,13 @@ class BotService:
         self._token = token
         self.bot: Bot | None = None
         self.storage = SQLiteStorage.for_database(db.conn)
-        self.editor = StatusEditor() if edit_interval_s is None else StatusEditor(edit_interval_s)
+        # One pace for every Bot API call (api_limits.py); the status editor asks it before each edit.
+        self.api_limiter = ApiLimiter()
+        self.editor = (
+            StatusEditor(limiter=self.api_limiter)
+            if edit_interval_s is None
+            else StatusEditor(edit_interval_s, limiter=self.api_limiter)
+        )
         self.deliverer = TelegramDeliverer(self.editor)
         self.progress = JobProgress(queue, self.editor)
         limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
@@ -109,6 +116,8 @@ class BotService:
         lazy_types.warm_up()
         session = AiohttpSession(api=TelegramAPIServer.from_base(self.settings.telegram.api_base))
         session.middleware(RetryMiddleware())
+        # Inside the retries, so a retried call waits for its slot too.
+        session.middleware(ApiLimitMiddleware(self.api_limiter))
         session.middleware(PinResponseTypes())
         try:
             self.bot = Bot(self._token, session=session)

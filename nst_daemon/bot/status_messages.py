@@ -20,6 +20,7 @@ from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.types import InlineKeyboardMarkup
 
 from nst_daemon.bot import keyboards, texts
+from nst_daemon.bot.api_limits import ApiLimiter
 from nst_daemon.jobs import FINAL_STATES, Job, JobQueue
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,14 @@ class _Entry:
 
 class StatusEditor:
     def __init__(
-        self, interval_s: float = EDIT_INTERVAL_S, first_edit_after_s: float = FIRST_EDIT_AFTER_S
+        self,
+        interval_s: float = EDIT_INTERVAL_S,
+        first_edit_after_s: float = FIRST_EDIT_AFTER_S,
+        *,
+        limiter: ApiLimiter | None = None,
     ) -> None:
         self.interval_s = interval_s
+        self.limiter = limiter
         self.first_edit_after_s = first_edit_after_s
         self.bot: Bot | None = None
         self._entries: dict[tuple[int, int], _Entry] = {}
@@ -112,8 +118,13 @@ class StatusEditor:
         try:
             while entry.pending is not None:
                 wait = entry.last_edit + self.interval_s - time.monotonic()
+                if self.limiter is not None:
+                    # A chat busy with results (or other edits) gets this edit later, with whatever text
+                    # is newest by then: edits fold together instead of queueing up behind results.
+                    wait = max(wait, self.limiter.delay(entry.chat_id, low=True))
                 if wait > 0:
                     await asyncio.sleep(wait)
+                    continue
                 text, markup = entry.pending
                 entry.pending = None
                 shown = (text, markup.model_dump_json() if markup else "")
