@@ -51,7 +51,8 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
 def _v2_telegram_updates(db: sqlite_utils.Database) -> None:
     # Durable intake (nst_daemon/bot/intake.py): each Telegram update from an allowed user, stored before
     # Telegram is told it arrived, until its handling finished. `status` maps an image's intake key to the
-    # "got it" message sent for it, so a replay after a crash edits that message instead of leaving it.
+    # "got it" message sent for it, so a replay after a crash edits that message instead of leaving it;
+    # `fsm` lets a replay start from the conversation as the first handling found it.
     db["telegram_updates"].create(
         {
             "update_id": int,
@@ -60,6 +61,7 @@ def _v2_telegram_updates(db: sqlite_utils.Database) -> None:
             "state": str,  # pending | done
             "attempts": int,  # handlings started; a replay past the limit is given up with a reply
             "status": str,  # JSON {intake key: status message id}
+            "fsm": str,  # JSON {state, data}: the conversation as it was before the update's handling
             "outcome": str,
             "received_at": float,
             "finished_at": float,

@@ -158,6 +158,8 @@ class FakeTelegram:
         self.rate_limits = rate_limits
         self._chat_buckets: dict[int, _Bucket] = {}
         self.floods: list[tuple[str, int | None]] = []
+        # Called (in the server's thread) with the new offset just before updates below it are confirmed.
+        self.on_confirm: Callable[[int], None] | None = None
         self._global_bucket = _Bucket(GLOBAL_RATE, GLOBAL_BURST)
         self.bot_id = int(token.split(":", 1)[0])
         self.poll_timeout_cap = poll_timeout_cap
@@ -437,6 +439,8 @@ class FakeTelegram:
         timeout = min(float(params.get("timeout") or 0), self.poll_timeout_cap)
         limit = int(params.get("limit") or 100)
         deadline = time.monotonic() + timeout
+        if offset > self.confirmed_offset and self.on_confirm is not None:
+            self.on_confirm(offset)
         with self._changed:
             if offset > 0:
                 # Updates below the offset are confirmed and forgotten, as the real API does.

@@ -35,7 +35,7 @@ from nst_daemon.bot.api_limits import ApiLimiter, ApiLimitMiddleware
 from nst_daemon.bot.callbacks import AnswerCallbacksMiddleware
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.delivery import TelegramDeliverer
-from nst_daemon.bot.intake import IntakeLog
+from nst_daemon.bot.intake import IntakeLog, IntakeMiddleware
 from nst_daemon.bot.pinned_responses import PinResponseTypes
 from nst_daemon.bot.polling import DurablePoller
 from nst_daemon.bot.ratelimit import RateLimiter
@@ -75,6 +75,7 @@ class BotService:
         self._token = token
         self.bot: Bot | None = None
         self.storage = SQLiteStorage.for_database(db.conn)
+        self.intake = IntakeLog(self.storage)
         # One pace for every Bot API call (api_limits.py); the status editor asks it before each edit.
         self.api_limiter = ApiLimiter()
         self.editor = (
@@ -99,13 +100,14 @@ class BotService:
         # must not overwrite each other's conversation data); different users still run concurrently.
         self.dp = Dispatcher(storage=self.storage, events_isolation=SimpleEventIsolation())
         self.dp["services"] = self.services
+        # After the Dispatcher's own FSM middleware, so it runs inside the per-user lock (intake.py).
+        self.dp.update.outer_middleware(IntakeMiddleware())
         access = AccessMiddleware(db, settings.telegram.allowed_users)
         # Registered first, so it wraps the access check too: strangers' button presses get answered.
         self.dp.callback_query.outer_middleware(AnswerCallbacksMiddleware())
         self.dp.message.outer_middleware(access)
         self.dp.callback_query.outer_middleware(access)
         self.dp.include_routers(*all_routers())
-        self.intake = IntakeLog(self.storage)
         self.poller: DurablePoller | None = None
         self._commands_set = False
         self._stopping = False

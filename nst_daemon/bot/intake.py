@@ -10,6 +10,10 @@ A replay must not make a second job for one photo. Each image gets an intake key
 id) that travels in the job's `reply`, so the job row itself records which update made it, in the same
 transaction that creates it; JobStarter looks the key up before it submits a replayed update's image.
 The "got it" message sent for a key is recorded here too, so a replay reuses it and none stays stuck.
+And a handler moves the conversation on (step 1 -> step 2 of /nst): a replay must see the conversation
+as the first handling saw it, or a content photo would come back as a style image. IntakeMiddleware
+records that state before the first handling and puts it back before a replay, inside aiogram's per-user
+lock, and marks the update done there too, so no later update of the user can slip in between.
 
 The functions run on the conversation storage's connection, off the event loop (SQLiteStorage.call):
 a write may wait on SQLite's busy timeout and must not stall the loop.
@@ -20,9 +24,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.fsm.context import FSMContext
+from aiogram.types import TelegramObject
 
 from nst_daemon.bot.storage import SQLiteStorage
 
@@ -38,6 +47,7 @@ class StoredUpdate:
     payload: dict[str, Any]
     attempts: int = 1  # counting the handling about to start
     status: dict[str, int] = field(default_factory=dict)
+    fsm: dict[str, Any] | None = None  # the conversation before the first handling, once recorded
 
     @property
     def replay(self) -> bool:
@@ -52,6 +62,7 @@ class Ticket:
     def __init__(self, log: IntakeLog, update: StoredUpdate) -> None:
         self.log = log
         self.update = update
+        self.finished = False
 
     def key(self, file_id: str) -> str:
         return f"{self.update.update_id}:{file_id}"
@@ -62,6 +73,14 @@ class Ticket:
     async def remember_status(self, key: str, message_id: int) -> None:
         self.update.status[key] = message_id
         await self.log.storage.call(_remember_status, self.update.update_id, key, message_id)
+
+    async def remember_fsm(self, snapshot: dict[str, Any]) -> None:
+        self.update.fsm = snapshot
+        await self.log.storage.call(_remember_fsm, self.update.update_id, snapshot)
+
+    async def finish(self, outcome: str) -> None:
+        await self.log.finish(self.update.update_id, outcome)
+        self.finished = True
 
 
 current_ticket: ContextVar[Ticket | None] = ContextVar("current_ticket", default=None)
@@ -89,8 +108,10 @@ class IntakeLog:
 
 
 def _stored(row: tuple[Any, ...]) -> StoredUpdate:
-    update_id, payload, attempts, status = row
-    return StoredUpdate(update_id, json.loads(payload), attempts, json.loads(status or "{}"))
+    update_id, payload, attempts, status, fsm = row
+    return StoredUpdate(
+        update_id, json.loads(payload), attempts, json.loads(status or "{}"), json.loads(fsm) if fsm else None
+    )
 
 
 def _store(
@@ -106,7 +127,7 @@ def _store(
         known = {
             row[0]: row
             for row in conn.execute(
-                f"select update_id, payload, attempts, status, state from telegram_updates "
+                f"select update_id, payload, attempts, status, fsm, state from telegram_updates "
                 f"where update_id in ({marks})",
                 ids,
             )
@@ -121,11 +142,11 @@ def _store(
                     [update_id, user_id, json.dumps(payload), now],
                 )
                 handle[update_id] = StoredUpdate(update_id, payload)
-            elif row[4] == "pending":
+            elif row[5] == "pending":
                 conn.execute(
                     "update telegram_updates set attempts = attempts + 1 where update_id = ?", [update_id]
                 )
-                stored = _stored(row[:4])
+                stored = _stored(row[:5])
                 stored.attempts += 1
                 handle[update_id] = stored
     return handle
@@ -135,7 +156,7 @@ def _unfinished(conn: sqlite3.Connection) -> list[StoredUpdate]:
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         rows = conn.execute(
-            "select update_id, payload, attempts, status from telegram_updates where state = 'pending' "
+            "select update_id, payload, attempts, status, fsm from telegram_updates where state = 'pending' "
             "order by update_id"
         ).fetchall()
         conn.execute("update telegram_updates set attempts = attempts + 1 where state = 'pending'")
@@ -162,9 +183,43 @@ def _remember_status(conn: sqlite3.Connection, update_id: int, key: str, message
         )
 
 
+def _remember_fsm(conn: sqlite3.Connection, update_id: int, snapshot: dict[str, Any]) -> None:
+    with conn:
+        conn.execute(
+            "update telegram_updates set fsm = ? where update_id = ?", [json.dumps(snapshot), update_id]
+        )
+
+
 def _prune(conn: sqlite3.Connection, older_than_s: float) -> int:
     with conn:
         return conn.execute(
             "delete from telegram_updates where state = 'done' and finished_at < ?",
             [time.time() - older_than_s],
         ).rowcount
+
+
+class IntakeMiddleware(BaseMiddleware):
+    """An update outer middleware, inside aiogram's FSM middleware (registered after it), so it runs
+    under the user's event-isolation lock with the conversation loaded."""
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        ticket = current_ticket.get()
+        state: FSMContext | None = data.get("state")
+        if ticket is None or state is None:
+            return await handler(event, data)
+        snapshot = ticket.update.fsm
+        if snapshot is not None:
+            # Cut off before: start again from the conversation as the first handling found it.
+            await state.set_state(snapshot.get("state"))
+            await state.set_data(snapshot.get("data") or {})
+            data["raw_state"] = snapshot.get("state")
+        else:
+            await ticket.remember_fsm({"state": data.get("raw_state"), "data": await state.get_data()})
+        result = await handler(event, data)
+        await ticket.finish("handled")
+        return result

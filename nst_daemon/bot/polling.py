@@ -144,16 +144,18 @@ class DurablePoller:
             if stored.attempts > MAX_ATTEMPTS:
                 await self._give_up(stored, update)
                 return
-            token = current_ticket.set(Ticket(self.intake, stored))
+            ticket = Ticket(self.intake, stored)
+            token = current_ticket.set(ticket)
             try:
                 await self.dp.feed_update(self.bot, update)
-                outcome = "handled"
+                outcome = "replied to a failure"  # IntakeMiddleware marks a handled one done itself
             except Exception as exc:  # the error handlers replied where they could; never replay it
                 log.warning("telegram: update %s failed: %s", stored.update_id, describe_failure(exc))
                 outcome = f"error: {describe_failure(exc)}"
             finally:
                 current_ticket.reset(token)
-            await self.intake.finish(stored.update_id, outcome)
+            if not ticket.finished:
+                await self.intake.finish(stored.update_id, outcome)
         except Exception as exc:
             # Marking it done failed (the database): it stays pending and is handled again after a
             # restart, where the job lookup keeps a photo from becoming two jobs.

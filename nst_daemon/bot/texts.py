@@ -127,7 +127,8 @@ FLOW_NAMES = {
 
 STATUS_RECEIVED = "{label}: got it, preparing…"
 STATUS_QUEUED = "{label}: queued, position {position} of {total}."
-STATUS_RUNNING = "{label}: stylizing… {percent}%"
+STATUS_RUNNING = "{label}: stylizing… {percent}%{eta}"
+TIME_LEFT = ", about {left} left"
 STATUS_DONE = "{label}: done in {seconds} on {device}."
 STATUS_FAILED = "{label}: failed."
 STATUS_CANCELLED = "{label}: cancelled."
