@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 from fake_telegram import Call, FakeTelegram
 from test_bot_flows import BotHarness, jpeg
+
+from nst_daemon import db as database
+from nst_daemon.bot.intake import MAX_ATTEMPTS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,5 +238,49 @@ def test_a_burst_with_429s_loses_no_photo_and_sends_no_result_twice(
             assert len(harness.jobs_of(user)) == 3, user
         # The bot kept to Telegram's limits by itself: the only 429s were the injected ones.
         assert server.flood_refusals() == []
+    finally:
+        harness.close()
+
+
+def test_an_update_cut_off_again_and_again_is_given_up_with_a_reply(
+    server: FakeTelegram, tmp_path: Path
+) -> None:
+    """Stored updates left pending by earlier runs: one cut off once is handled, one cut off every time
+    (MAX_ATTEMPTS handlings started) is answered "send it again" instead of a fourth try."""
+    db = database.connect(tmp_path / "nstd.sqlite3")
+    for update_id, user, attempts in ((998, USER, 1), (999, USER + 1, MAX_ATTEMPTS)):
+        message = {
+            "message_id": 1,
+            "date": int(time.time()),
+            "chat": {"id": user, "type": "private"},
+            "from": FakeTelegram.user(user),
+            "text": "/start",
+            "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+        }
+        db["telegram_updates"].insert(
+            {
+                "update_id": update_id,
+                "user_id": user,
+                "payload": json.dumps({"update_id": update_id, "message": message}),
+                "state": "pending",
+                "attempts": attempts,
+                "status": "{}",
+                "received_at": time.time(),
+            }
+        )
+    db.conn.close()
+    harness = harness_for(server, tmp_path)
+    try:
+        server.wait_text(USER, "turn photos into paintings")
+        server.wait_text(USER + 1, "stopped several times while taking that message")
+        assert not server.find(lambda c: c.chat_id == USER + 1 and "paintings" in c.text)
+        check = database.connect(tmp_path / "nstd.sqlite3")
+        deadline = time.monotonic() + 10
+        while check.execute("select count(*) from telegram_updates where state = 'pending'").fetchone()[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        outcomes = dict(check.execute("select update_id, outcome from telegram_updates").fetchall())
+        check.conn.close()
+        assert outcomes == {998: "handled", 999: "gave up"}
     finally:
         harness.close()

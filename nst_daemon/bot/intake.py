@@ -143,9 +143,10 @@ def _store(
                 )
                 handle[update_id] = StoredUpdate(update_id, payload)
             elif row[5] == "pending":
-                conn.execute(
-                    "update telegram_updates set attempts = attempts + 1 where update_id = ?", [update_id]
-                )
+                # Usually being handled right now (replayed at the start, and Telegram sent it again
+                # because it was never confirmed): the poller skips those. Otherwise its earlier handling
+                # ended without being marked done, so it counts as a replay; the count in the database
+                # is left to the start's replay, which is where a crash loop shows.
                 stored = _stored(row[:5])
                 stored.attempts += 1
                 handle[update_id] = stored

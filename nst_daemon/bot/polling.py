@@ -123,6 +123,7 @@ class DurablePoller:
             if update.update_id in strangers:
                 self._spawn(self._handle_plain(update))
             elif (stored := to_handle.get(update.update_id)) and stored.update_id not in self._handling:
+                self._handling.add(stored.update_id)
                 self._spawn(self._handle(stored, update))
 
     async def _replay(self) -> None:
@@ -131,6 +132,7 @@ class DurablePoller:
                 continue
             log.info("telegram: update %s was cut off by a stop; handling it again", stored.update_id)
             update = Update.model_validate(stored.payload, context={"bot": self.bot})
+            self._handling.add(stored.update_id)  # now, so the first poll's copy of it is not handled too
             self._spawn(self._handle(stored, update))
 
     def _spawn(self, coroutine: Any) -> None:
@@ -139,7 +141,6 @@ class DurablePoller:
         task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, stored: StoredUpdate, update: Update) -> None:
-        self._handling.add(stored.update_id)
         try:
             if stored.attempts > MAX_ATTEMPTS:
                 await self._give_up(stored, update)
