@@ -1,4 +1,5 @@
-"""The Telegram bot: aiogram 3 long polling, conversation state in SQLite, results from the job queue.
+"""The Telegram bot: long polling that stores each update before confirming it (polling.py, intake.py),
+aiogram 3 for the handling, conversation state in SQLite, results from the job queue.
 
     bot = BotService(settings, db, queue, token)
     await bot.start()                      # getMe (a refused token is one clear NstdError), wiring, commands
@@ -55,7 +56,7 @@ __all__ = ["BotService"]
 log = logging.getLogger(__name__)
 
 POLLING_TIMEOUT_S = 20
-RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+RESTART_DELAY_S = 30.0
 STOP_TIMEOUT_S = 5.0
 UNAUTHORIZED = "Telegram refused the bot token (401 Unauthorized): check telegram.token / token_file"
 
@@ -179,7 +180,7 @@ class BotService:
                 raise
             except Exception as exc:  # the intake log unreadable at the replay: try again later
                 log.warning("telegram: polling stopped (%s); restarting", describe_failure(exc))
-                await asyncio.sleep(RESTART_DELAYS_S[-1])
+                await asyncio.sleep(RESTART_DELAY_S)
 
     async def stop(self) -> None:
         """Stop polling if it still runs, flush pending status edits, close the HTTP session and storage."""

@@ -5,7 +5,8 @@ Telegram allows few edits per message, so edits are throttled per message: at mo
 The first edit waits `first_edit_after_s` after the message is first updated: a job that starts at once
 goes from "got it" to "queued" to "stylizing" within milliseconds, and a quick one is done before the
 second is up, so the waiting folds those into one edit instead of racing the result to the same chat.
-A final text is never dropped or overtaken by a late progress update.
+A final text is never dropped or overtaken by a late progress update. With the Bot API limiter
+(api_limits.py), an edit also waits until its chat has a free slot that no result needs.
 """
 
 from __future__ import annotations
