@@ -284,3 +284,23 @@ def test_an_update_cut_off_again_and_again_is_given_up_with_a_reply(
         assert outcomes == {998: "handled", 999: "gave up"}
     finally:
         harness.close()
+
+
+def test_a_database_locked_longer_than_the_busy_timeout_loses_no_photo(
+    server: FakeTelegram, tmp_path: Path
+) -> None:
+    """Another process holds the write lock past SQLite's busy timeout while a photo comes in: the update
+    is not confirmed until it could be stored, so it is taken once the lock is gone."""
+    harness = harness_for(server, tmp_path)
+    holder = sqlite3.connect(tmp_path / "nstd.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        update = server.send_photo(USER, jpeg(), caption="monet")["update_id"]
+        time.sleep(database.BUSY_TIMEOUT_MS / 1000 + 2)
+        assert server.confirmed_offset <= update  # not confirmed while it could not be stored
+        holder.execute("ROLLBACK")
+        wait_results(server, USER, 1)
+        assert len(harness.jobs_of(USER)) == 1
+    finally:
+        holder.close()
+        harness.close()
