@@ -60,7 +60,6 @@ class DurablePoller:
 
     async def run(self) -> None:
         """Replay what an earlier run left unfinished, then poll until stop() or cancellation."""
-        self._stop.clear()
         await self._replay()
         failures = 0
         last_prune = 0.0

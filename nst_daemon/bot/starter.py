@@ -81,7 +81,10 @@ class JobStarter:
                 return known
             sent = await bot.send_message(chat_id=chat_id, text=texts.STATUS_RECEIVED.format(label=label))
             if ticket and key:
-                await ticket.remember_status(key, sent.message_id)
+                try:
+                    await ticket.remember_status(key, sent.message_id)
+                except Exception as exc:  # only a replay needs it; the message itself must not be left
+                    log.warning("telegram: could not record a status message: %s", describe_failure(exc))
             return sent.message_id
 
         # The status message and the downloads go out together: one Bot API round trip less before the
