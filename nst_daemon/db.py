@@ -48,8 +48,33 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     db["user_settings"].create({"user_id": int, "data": str, "updated_at": float}, pk="user_id")
 
 
+def _v2_telegram_updates(db: sqlite_utils.Database) -> None:
+    # Durable intake (nst_daemon/bot/intake.py): each Telegram update from an allowed user, stored before
+    # Telegram is told it arrived, until its handling finished. `status` maps an image's intake key to the
+    # "got it" message sent for it, so a replay after a crash edits that message instead of leaving it;
+    # `fsm` lets a replay start from the conversation as the first handling found it.
+    db["telegram_updates"].create(
+        {
+            "update_id": int,
+            "user_id": int,
+            "payload": str,  # the update as Telegram sent it (JSON)
+            "state": str,  # pending | done
+            "attempts": int,  # handlings started; a replay past the limit is given up with a reply
+            "status": str,  # JSON {intake key: status message id}
+            "fsm": str,  # JSON {state, data}: the conversation as it was before the update's handling
+            "outcome": str,
+            "received_at": float,
+            "finished_at": float,
+        },
+        pk="update_id",
+        not_null={"payload", "state", "received_at"},
+        defaults={"state": "pending", "attempts": 0, "status": "{}"},
+    )
+    db["telegram_updates"].create_index(["state", "update_id"])
+
+
 # Append only: each function moves the schema from version N to N + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_telegram_updates]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -673,6 +673,14 @@ class JobQueue:
             except Exception:
                 log.exception("job listener failed for job %s", job.id)
 
+    def job_for_intake(self, key: str) -> Job | None:
+        """The job a Telegram update's image already became (its `reply.intake`), if any: a replayed
+        update must not make a second one (nst_daemon/bot/intake.py). Read only for replays."""
+        rows = self._rows(
+            "source = 'telegram' and json_extract(reply, '$.intake') = ?", [key], "order by id limit 1"
+        )
+        return Job.from_row(rows[0]) if rows else None
+
 
 def _engine_died(exc: BaseException) -> bool:
     # Imported here: engine_process imports this module.

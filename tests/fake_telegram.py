@@ -14,6 +14,11 @@ Faults: `server.fail("sendPhoto", times=3, status=429, retry_after=1)`, `server.
 `server.go_down()` /
 `server.come_up()` (every request answers 502, or with mode="drop" the connection is closed),
 `server.block(chat_id)` (403 "bot was blocked by the user").
+
+Telegram's flood limits hold by default, as on the real service: messages and edits to one chat beyond
+about one a second (a burst of `per_chat_burst`), or beyond 30 a second overall, answer 429 with
+`retry_after`. `server.flood_refusals()` lists them. Only a benchmark that measures something else may
+pass `rate_limits=False`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import io
 import itertools
 import json
+import math
 import re
 import threading
 import time
@@ -37,6 +43,12 @@ DEFAULT_TOKEN = "123456789:AAFakeTokenForTestsOnly_abcdefghijkl"
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 PHOTO_UPLOAD_LIMIT = 10 * 1024 * 1024
 SEND_METHODS = ("sendMessage", "sendPhoto", "sendDocument")
+# The calls Telegram's flood control counts: anything that posts or changes a message in a chat.
+LIMITED_METHODS = (*SEND_METHODS, "editMessageText", "editMessageReplyMarkup", "deleteMessage")
+PER_CHAT_RATE = 1.0  # per second
+PER_CHAT_BURST = 4.0
+GLOBAL_RATE = 30.0
+GLOBAL_BURST = 30.0
 
 
 @dataclass
@@ -126,9 +138,29 @@ def _image_size(data: bytes) -> tuple[int, int]:
         return (1, 1)
 
 
+class _Bucket:
+    """Tokens that refill at `rate` a second up to `burst`; a call takes one."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, time.monotonic()
+
+    def wait(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
 class FakeTelegram:
-    def __init__(self, token: str = DEFAULT_TOKEN, *, poll_timeout_cap: float = 30.0) -> None:
+    def __init__(
+        self, token: str = DEFAULT_TOKEN, *, poll_timeout_cap: float = 30.0, rate_limits: bool = True
+    ) -> None:
         self.token = token
+        self.rate_limits = rate_limits
+        self._chat_buckets: dict[int, _Bucket] = {}
+        self.floods: list[tuple[str, int | None]] = []
+        # Called (in the server's thread) with the new offset just before updates below it are confirmed.
+        self.on_confirm: Callable[[int], None] | None = None
+        self._global_bucket = _Bucket(GLOBAL_RATE, GLOBAL_BURST)
         self.bot_id = int(token.split(":", 1)[0])
         self.poll_timeout_cap = poll_timeout_cap
         self.port = 0
@@ -357,6 +389,8 @@ class FakeTelegram:
         fault = self._take_fault(method, params)
         if fault is not None:
             return self._error(fault.status, fault.description, fault.retry_after)
+        if (retry_after := self._flood_wait(method, params)) is not None:
+            return self._error(429, f"Too Many Requests: retry after {retry_after}", retry_after)
         chat_id = params.get("chat_id")
         if chat_id is not None and int(chat_id) in self.blocked and method != "getUpdates":
             return self._error(403, "Forbidden: bot was blocked by the user")
@@ -364,6 +398,25 @@ class FakeTelegram:
         if handler is None:
             return self._error(404, "Not Found")
         return await handler(params, files)
+
+    def _flood_wait(self, method: str, params: dict[str, Any]) -> int | None:
+        """None when the call is within the limits (and counts it), else the whole seconds to wait."""
+        if not self.rate_limits or method not in LIMITED_METHODS:
+            return None
+        raw = str(params.get("chat_id", ""))
+        chat_id = int(raw) if raw.lstrip("-").isdigit() else None
+        now = time.monotonic()
+        with self._lock:
+            buckets = [self._global_bucket]
+            if chat_id is not None:
+                buckets.append(self._chat_buckets.setdefault(chat_id, _Bucket(PER_CHAT_RATE, PER_CHAT_BURST)))
+            wait = max(bucket.wait(now) for bucket in buckets)
+            if wait > 0:
+                self.floods.append((method, chat_id))
+                return max(1, math.ceil(wait))
+            for bucket in buckets:
+                bucket.tokens -= 1
+        return None
 
     async def _m_getMe(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
         return self._reply(self.bot_user())
@@ -386,6 +439,8 @@ class FakeTelegram:
         timeout = min(float(params.get("timeout") or 0), self.poll_timeout_cap)
         limit = int(params.get("limit") or 100)
         deadline = time.monotonic() + timeout
+        if offset > self.confirmed_offset and self.on_confirm is not None:
+            self.on_confirm(offset)
         with self._changed:
             if offset > 0:
                 # Updates below the offset are confirmed and forgotten, as the real API does.
@@ -762,6 +817,11 @@ class FakeTelegram:
         """Successful messages, photos and documents the bot sent to a chat."""
         methods = (method,) if method else SEND_METHODS
         return self.find(lambda call: call.method in methods and call.chat_id == chat_id and call.ok, since)
+
+    def flood_refusals(self) -> list[tuple[str, int | None]]:
+        """(method, chat id) of each call the flood limits answered 429 (not a scripted `fail`)."""
+        with self._lock:
+            return list(self.floods)
 
     def texts(self, chat_id: int, since: int = 0) -> list[str]:
         """Every text the chat saw: messages, captions and edits, in order."""

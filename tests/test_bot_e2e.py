@@ -343,6 +343,49 @@ def test_restart_mid_nst_model_missing_and_engine_failure(installed_models_dir: 
         check_log(second)
 
 
+def test_sigkill_with_photos_waiting_loses_none(installed_models_dir: Path, tmp_path: Path) -> None:
+    """Photos wait at Telegram; the daemon is SIGKILLed once the first is a job; after the restart every
+    photo has exactly one job and one result, and no status message stays on "preparing…"."""
+    users = [5050, 5051, 5052, 5053]
+    with FakeTelegram() as server:
+        config = telegram_config(tmp_path, server, installed_models_dir)
+        own = Bot(server, DaemonProcess(config), tmp_path / "state" / "nstd.sqlite3")
+        for user in users:
+            for n in range(2):
+                server.send_photo(user, image_bytes(color=(user % 255, 60 * n, 90)), caption="monet")
+        own.daemon.start(timeout=120)
+        try:
+            deadline = time.monotonic() + 60
+            while not any("job 1 queued" in line for line in own.daemon.lines):
+                assert time.monotonic() < deadline, own.daemon.log
+                time.sleep(0.01)
+            own.daemon.kill()
+            first_log = own.daemon.log
+            assert not server.updates, "Telegram still had updates: the kill came too early to test"
+
+            own.daemon.start(timeout=120)
+            for user in users:
+                deadline = time.monotonic() + 120
+                while len(server.sent(user, "sendPhoto")) < 2:
+                    assert time.monotonic() < deadline, (user, own.jobs(user), own.daemon.log)
+                    time.sleep(0.2)
+            time.sleep(2)  # a duplicate would show by now
+            for user in users:
+                assert len(server.sent(user, "sendPhoto")) == 2, user
+                jobs = own.jobs(user)
+                assert [(job["state"], job["delivery"]) for job in jobs] == [("done", "delivered")] * 2
+                assert len({json.loads(job["reply"])["intake"] for job in jobs}) == 2
+                final = {
+                    call.message_id: call.text
+                    for call in server.find(lambda c, user=user: c.chat_id == user and c.ok)
+                }
+                assert not [text for text in final.values() if "preparing" in text], final
+            assert own.daemon.stop() == 0
+        finally:
+            own.daemon.kill()
+        assert "Traceback" not in first_log + own.daemon.log
+
+
 # --- Telegram trouble ---
 
 

@@ -601,9 +601,18 @@ def test_busy_and_rate_limit(server: FakeTelegram, harness: BotHarness, user: in
     assert len(harness.jobs_of(user)) <= 4
 
 
+def wait_idle(harness: BotHarness, timeout: float = 40) -> None:
+    """Until the module's queue is empty: a test that counts queue slots must not share them."""
+    deadline = time.monotonic() + timeout
+    while harness.queue and harness.queue.active_jobs():
+        assert time.monotonic() < deadline, harness.queue.active_jobs()
+        time.sleep(0.2)
+
+
 def test_full_queue_says_busy_and_loses_nothing(server: FakeTelegram, harness: BotHarness) -> None:
     users = [next(_next_user) for _ in range(5)]
     harness.allow(*users)
+    wait_idle(harness)  # an earlier test's jobs (paced by the flood limits) may still be running
     for user in users:
         harness.runner.slow[str(user)] = 60  # nothing finishes while the queue fills
     mark = server.mark()

@@ -1,4 +1,5 @@
-"""The Telegram bot: aiogram 3 long polling, conversation state in SQLite, results from the job queue.
+"""The Telegram bot: long polling that stores each update before confirming it (polling.py, intake.py),
+aiogram 3 for the handling, conversation state in SQLite, results from the job queue.
 
     bot = BotService(settings, db, queue, token)
     await bot.start()                      # getMe (a refused token is one clear NstdError), wiring, commands
@@ -31,10 +32,13 @@ from aiogram.types import BotCommand
 from aiogram.utils.token import TokenValidationError
 
 from nst_daemon.bot import texts
+from nst_daemon.bot.api_limits import ApiLimiter, ApiLimitMiddleware
 from nst_daemon.bot.callbacks import AnswerCallbacksMiddleware
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.delivery import TelegramDeliverer
+from nst_daemon.bot.intake import IntakeLog, IntakeMiddleware
 from nst_daemon.bot.pinned_responses import PinResponseTypes
+from nst_daemon.bot.polling import DurablePoller
 from nst_daemon.bot.ratelimit import RateLimiter
 from nst_daemon.bot.retry import RetryMiddleware
 from nst_daemon.bot.routers import all_routers
@@ -43,6 +47,7 @@ from nst_daemon.bot.starter import JobStarter
 from nst_daemon.bot.status_messages import JobProgress, StatusEditor
 from nst_daemon.bot.storage import SQLiteStorage
 from nst_daemon.config import Settings
+from nst_daemon.db import is_allowed
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.jobs import JobQueue
 
@@ -51,7 +56,7 @@ __all__ = ["BotService"]
 log = logging.getLogger(__name__)
 
 POLLING_TIMEOUT_S = 20
-RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+RESTART_DELAY_S = 30.0
 STOP_TIMEOUT_S = 5.0
 UNAUTHORIZED = "Telegram refused the bot token (401 Unauthorized): check telegram.token / token_file"
 
@@ -71,7 +76,14 @@ class BotService:
         self._token = token
         self.bot: Bot | None = None
         self.storage = SQLiteStorage.for_database(db.conn)
-        self.editor = StatusEditor() if edit_interval_s is None else StatusEditor(edit_interval_s)
+        self.intake = IntakeLog(self.storage)
+        # One pace for every Bot API call (api_limits.py); the status editor asks it before each edit.
+        self.api_limiter = ApiLimiter()
+        self.editor = (
+            StatusEditor(limiter=self.api_limiter)
+            if edit_interval_s is None
+            else StatusEditor(edit_interval_s, limiter=self.api_limiter)
+        )
         self.deliverer = TelegramDeliverer(self.editor)
         self.progress = JobProgress(queue, self.editor)
         limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
@@ -89,12 +101,15 @@ class BotService:
         # must not overwrite each other's conversation data); different users still run concurrently.
         self.dp = Dispatcher(storage=self.storage, events_isolation=SimpleEventIsolation())
         self.dp["services"] = self.services
+        # After the Dispatcher's own FSM middleware, so it runs inside the per-user lock (intake.py).
+        self.dp.update.outer_middleware(IntakeMiddleware())
         access = AccessMiddleware(db, settings.telegram.allowed_users)
         # Registered first, so it wraps the access check too: strangers' button presses get answered.
         self.dp.callback_query.outer_middleware(AnswerCallbacksMiddleware())
         self.dp.message.outer_middleware(access)
         self.dp.callback_query.outer_middleware(access)
         self.dp.include_routers(*all_routers())
+        self.poller: DurablePoller | None = None
         self._commands_set = False
         self._stopping = False
 
@@ -104,6 +119,8 @@ class BotService:
         lazy_types.warm_up()
         session = AiohttpSession(api=TelegramAPIServer.from_base(self.settings.telegram.api_base))
         session.middleware(RetryMiddleware())
+        # Inside the retries, so a retried call waits for its slot too.
+        session.middleware(ApiLimitMiddleware(self.api_limiter))
         session.middleware(PinResponseTypes())
         try:
             self.bot = Bot(self._token, session=session)
@@ -142,57 +159,35 @@ class BotService:
             log.warning("telegram: setMyCommands failed (%s); will retry", describe_failure(exc))
 
     async def run(self) -> None:
-        """Long-poll until stop() or cancellation. Errors restart polling after a pause; never raises them."""
+        """Long-poll until stop() or cancellation. Errors are retried after a pause; never raises them."""
         if self.bot is None:
             raise RuntimeError("BotService.start() must be called before run()")
-        failures = 0
+        self.poller = DurablePoller(
+            self.dp,
+            self.bot,
+            self.intake,
+            lambda user_id: is_allowed(self.services.db, user_id, self.settings.telegram.allowed_users),
+            polling_timeout=POLLING_TIMEOUT_S,
+        )
         while not self._stopping:
             await self._set_commands()
-            polling = asyncio.create_task(
-                self.dp.start_polling(
-                    self.bot,
-                    polling_timeout=POLLING_TIMEOUT_S,
-                    handle_signals=False,
-                    close_bot_session=False,
-                ),
-                name="aiogram polling",
-            )
             try:
-                await asyncio.shield(polling)
-                failures = 0
+                await self.poller.run()
             except asyncio.CancelledError:
-                await self._stop_polling(polling)
+                # Let handlers already running finish their replies (bounded); any cut off stay pending
+                # in the intake log and are handled again at the next start.
+                await self.poller.wait_handlers(STOP_TIMEOUT_S)
                 raise
-            except Exception as exc:
-                # Typically getMe failing at the start of polling while Telegram is unreachable.
-                delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
-                failures += 1
-                why = describe_failure(exc)
-                log.warning("telegram: polling stopped (%s); restarting in %.0f s", why, delay)
-                await asyncio.sleep(delay)
-                continue
-            if not self._stopping:
-                # start_polling only returns on its own after stop_polling(); treat anything else as a blip.
-                await asyncio.sleep(RESTART_DELAYS_S[0])
-
-    async def _stop_polling(self, polling: asyncio.Task[None]) -> None:
-        if not polling.done():
-            with contextlib.suppress(RuntimeError):  # "Polling is not started": it never got going
-                await asyncio.wait_for(self.dp.stop_polling(), STOP_TIMEOUT_S)
-        if not polling.done():
-            polling.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await polling
-        # Let handlers already running finish their replies (bounded), so no update is half answered.
-        running = [task for task in getattr(self.dp, "_handle_update_tasks", ()) if not task.done()]
-        if running:
-            await asyncio.wait(running, timeout=STOP_TIMEOUT_S)
+            except Exception as exc:  # the intake log unreadable at the replay: try again later
+                log.warning("telegram: polling stopped (%s); restarting", describe_failure(exc))
+                await asyncio.sleep(RESTART_DELAY_S)
 
     async def stop(self) -> None:
         """Stop polling if it still runs, flush pending status edits, close the HTTP session and storage."""
         self._stopping = True
-        with contextlib.suppress(RuntimeError, asyncio.TimeoutError):
-            await asyncio.wait_for(self.dp.stop_polling(), STOP_TIMEOUT_S)
+        if self.poller is not None:
+            self.poller.stop()
+            await self.poller.wait_handlers(STOP_TIMEOUT_S)
         await self.editor.drain(STOP_TIMEOUT_S)
         if self.bot is not None:
             with contextlib.suppress(TelegramAPIError, OSError):

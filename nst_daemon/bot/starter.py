@@ -15,10 +15,12 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
 from nst_daemon.bot import texts
+from nst_daemon.bot.failures import failure_reason
 from nst_daemon.bot.images import ImageRef, InputProblem, download
+from nst_daemon.bot.intake import current_ticket
 from nst_daemon.bot.ratelimit import RateLimiter
 from nst_daemon.bot.user_settings import UserPrefs
-from nst_daemon.errors import NstdError
+from nst_daemon.errors import describe_failure
 from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, UserBusy
 
@@ -64,11 +66,30 @@ class JobStarter:
             if engine == "cyclegan"
             else f"{texts.NST_NAME} ({len(style_refs)} style image{texts.plural(len(style_refs))})"
         )
+        ticket = current_ticket.get()
+        key = ticket.key(content.file_id) if ticket else None
+        if ticket and key and ticket.update.replay:
+            # Handled before a crash: the image may already be a job, and its "got it" message exists.
+            done = self.queue.job_for_intake(key)
+            if done is not None:
+                log.info("telegram: update %s is job %s already", ticket.update.update_id, done.id)
+                return Outcome(job=done)
+
+        async def status_message() -> int:
+            known = ticket.status_message(key) if ticket and key else None
+            if known is not None:
+                return known
+            sent = await bot.send_message(chat_id=chat_id, text=texts.STATUS_RECEIVED.format(label=label))
+            if ticket and key:
+                try:
+                    await ticket.remember_status(key, sent.message_id)
+                except Exception as exc:  # only a replay needs it; the message itself must not be left
+                    log.warning("telegram: could not record a status message: %s", describe_failure(exc))
+            return sent.message_id
+
         # The status message and the downloads go out together: one Bot API round trip less before the
         # job is queued. The message is awaited before anything refers to it.
-        sending = asyncio.ensure_future(
-            bot.send_message(chat_id=chat_id, text=texts.STATUS_RECEIVED.format(label=label))
-        )
+        sending = asyncio.ensure_future(status_message())
         problem = ""
         try:
             content_bytes = await download(bot, content)
@@ -78,39 +99,45 @@ class JobStarter:
         except BaseException:
             sending.cancel()
             raise
-        status = await sending
+        # Failing here (Telegram refused the "got it" message) leaves nothing to edit: the dispatcher's
+        # error handler replies instead.
+        status_id = await sending
 
         async def fail(text: str, outcome: Outcome) -> Outcome:
-            await self._edit(bot, chat_id, status.message_id, f"{label}: {text}")
+            await self._edit(bot, chat_id, status_id, f"{label}: {text}")
             return outcome
 
         if problem:
             return await fail(problem, Outcome(problem="input"))
-        prefs = await self.prefs(user_id)
-        request = JobRequest(
-            source="telegram",
-            owner=str(user_id),
-            engine=engine,
-            content=content_bytes,
-            styles=[style] if engine == "cyclegan" and style else [],
-            style_images=style_bytes,
-            params=prefs.params(),
-            reply={
-                "chat_id": chat_id,
-                "user_id": user_id,
-                "status_message_id": status.message_id,
-                "message_id": reply_to,
-            },
-        )
         try:
+            prefs = await self.prefs(user_id)
+            request = JobRequest(
+                source="telegram",
+                owner=str(user_id),
+                engine=engine,
+                content=content_bytes,
+                styles=[style] if engine == "cyclegan" and style else [],
+                style_images=style_bytes,
+                params=prefs.params(),
+                reply={
+                    "chat_id": chat_id,
+                    "user_id": user_id,
+                    "status_message_id": status_id,
+                    "message_id": reply_to,
+                    **({"intake": key} if key else {}),
+                },
+            )
             job = await self.queue.submit(request)
         except (QueueFull, UserBusy) as exc:
             return await fail(texts.BUSY.format(reason=exc.message), Outcome(problem="busy"))
         except ImageError as exc:
             text = exc.reason[:1].upper() + exc.reason[1:]
             return await fail(text, Outcome(problem="image", image_index=exc.image_index))
-        except NstdError as exc:
-            return await fail(exc.message, Outcome(problem="error"))
+        except Exception as exc:
+            # Anything else (a full disk, a locked database, a bug): the "got it" message says so, and
+            # never stays "preparing…".
+            log.warning("telegram: could not queue an image of user %s: %s", user_id, describe_failure(exc))
+            return await fail(failure_reason(exc), Outcome(problem="error"))
         return Outcome(job=job)
 
     @staticmethod

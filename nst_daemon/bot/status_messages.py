@@ -5,7 +5,8 @@ Telegram allows few edits per message, so edits are throttled per message: at mo
 The first edit waits `first_edit_after_s` after the message is first updated: a job that starts at once
 goes from "got it" to "queued" to "stylizing" within milliseconds, and a quick one is done before the
 second is up, so the waiting folds those into one edit instead of racing the result to the same chat.
-A final text is never dropped or overtaken by a late progress update.
+A final text is never dropped or overtaken by a late progress update. With the Bot API limiter
+(api_limits.py), an edit also waits until its chat has a free slot that no result needs.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.types import InlineKeyboardMarkup
 
 from nst_daemon.bot import keyboards, texts
+from nst_daemon.bot.api_limits import ApiLimiter
 from nst_daemon.jobs import FINAL_STATES, Job, JobQueue
 
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL_S = 3.0
 FIRST_EDIT_AFTER_S = 1.0
+PROGRESS_STEP_PERCENT = 5
+MIN_PROGRESS_FOR_ETA = 0.05
+MIN_ELAPSED_FOR_ETA_S = 3.0
 
 
 def job_label(job: Job) -> str:
@@ -49,13 +54,35 @@ def device_text(job: Job) -> str:
     )
 
 
+def time_left(job: Job, now: float | None = None) -> str:
+    """The estimated time left of a running job, from its progress and elapsed time ('' until there is
+    enough of both to say: the first steps of an NST include loading the model)."""
+    if job.started_at is None or not MIN_PROGRESS_FOR_ETA <= job.progress < 1.0:
+        return ""
+    elapsed = (time.time() if now is None else now) - job.started_at
+    if elapsed < MIN_ELAPSED_FOR_ETA_S:
+        return ""
+    left = elapsed * (1.0 - job.progress) / job.progress
+    if left < 60:
+        return f"{max(5, round(left / 5) * 5)} s"
+    return f"{round(left / 60)} min"
+
+
+def progress_step(job: Job) -> int:
+    """The progress as shown in steps: a running job's message is edited when its step changes, so a
+    long job gets a bounded number of edits, not one every few seconds."""
+    return int(job.progress * 100) // PROGRESS_STEP_PERCENT
+
+
 def status_text(job: Job, position: tuple[int, int] | None) -> str:
     label = job_label(job)
     if job.state == "queued":
         where = position or (1, 1)
         return texts.STATUS_QUEUED.format(label=label, position=where[0], total=where[1])
     if job.state == "running":
-        return texts.STATUS_RUNNING.format(label=label, percent=int(job.progress * 100))
+        left = time_left(job)
+        eta = texts.TIME_LEFT.format(left=left) if left else ""
+        return texts.STATUS_RUNNING.format(label=label, percent=int(job.progress * 100), eta=eta)
     if job.state == "done":
         return texts.STATUS_DONE.format(
             label=label, seconds=texts.seconds_text(job_seconds(job)), device=device_text(job)
@@ -78,9 +105,14 @@ class _Entry:
 
 class StatusEditor:
     def __init__(
-        self, interval_s: float = EDIT_INTERVAL_S, first_edit_after_s: float = FIRST_EDIT_AFTER_S
+        self,
+        interval_s: float = EDIT_INTERVAL_S,
+        first_edit_after_s: float = FIRST_EDIT_AFTER_S,
+        *,
+        limiter: ApiLimiter | None = None,
     ) -> None:
         self.interval_s = interval_s
+        self.limiter = limiter
         self.first_edit_after_s = first_edit_after_s
         self.bot: Bot | None = None
         self._entries: dict[tuple[int, int], _Entry] = {}
@@ -112,8 +144,13 @@ class StatusEditor:
         try:
             while entry.pending is not None:
                 wait = entry.last_edit + self.interval_s - time.monotonic()
+                if self.limiter is not None:
+                    # A chat busy with results (or other edits) gets this edit later, with whatever text
+                    # is newest by then: edits fold together instead of queueing up behind results.
+                    wait = max(wait, self.limiter.delay(entry.chat_id, low=True))
                 if wait > 0:
                     await asyncio.sleep(wait)
+                    continue
                 text, markup = entry.pending
                 entry.pending = None
                 shown = (text, markup.model_dump_json() if markup else "")
@@ -162,22 +199,31 @@ class StatusEditor:
 
 
 class JobProgress:
-    """The queue listener: keeps each Telegram job's status message in step with the job."""
+    """The queue listener: keeps each Telegram job's status message in step with the job.
+
+    Edits per message are bounded whatever the queue does: a queued job's position is rewritten only
+    when it has at least halved (or reached 2 or 1), a running job's only when its progress passes a
+    5 % step, and the editor folds whatever comes faster than it may edit into one edit.
+    """
 
     def __init__(self, queue: JobQueue, editor: StatusEditor) -> None:
         self.queue = queue
         self.editor = editor
         self._states: dict[int, str] = {}
+        self._shown: dict[int, int] = {}  # job id -> position (queued) or progress step (running) shown
 
     def __call__(self, job: Job) -> None:
         if job.source != "telegram" or job.state in FINAL_STATES:
             # Final states belong to the deliverer, which runs once per job, also after a restart.
             self._states.pop(job.id, None)
+            self._shown.pop(job.id, None)
             if job.source == "telegram" and job.state in FINAL_STATES:
                 self._refresh_queued(exclude=job.id)
             return
         previous = self._states.get(job.id)
         self._states[job.id] = job.state
+        if previous == job.state == "running" and self._shown.get(job.id) == progress_step(job):
+            return  # progress within the step already shown
         self.show(job)
         # A job that left the queue moved everyone behind it; one that joined moved nobody, and
         # re-editing every queued message for its sake made the edits grow with the queue's square.
@@ -191,6 +237,10 @@ class JobProgress:
             return
         if job.state == "queued" and position is None:
             position = self.queue.position(job.id)
+        if job.state == "queued" and position is not None:
+            self._shown[job.id] = position[0]
+        elif job.state == "running":
+            self._shown[job.id] = progress_step(job)
         self.editor.update(
             int(chat_id), int(message_id), status_text(job, position), keyboards.cancel_job_keyboard(job.id)
         )
@@ -198,5 +248,8 @@ class JobProgress:
     def _refresh_queued(self, exclude: int) -> None:
         active = self.queue.active_jobs()  # one read for all positions, not one per message
         for place, other in enumerate(active, start=1):
-            if other.id != exclude and other.source == "telegram" and other.state == "queued":
+            if other.id == exclude or other.source != "telegram" or other.state != "queued":
+                continue
+            shown = self._shown.get(other.id)
+            if shown is None or (place < shown and (place <= 2 or place <= shown // 2)):
                 self.show(other, (place, len(active)))

@@ -121,7 +121,8 @@ FLOW_NAMES = {
 
 STATUS_RECEIVED = "{label}: got it, preparing…"
 STATUS_QUEUED = "{label}: queued, position {position} of {total}."
-STATUS_RUNNING = "{label}: stylizing… {percent}%"
+STATUS_RUNNING = "{label}: stylizing… {percent}%{eta}"
+TIME_LEFT = ", about {left} left"
 STATUS_DONE = "{label}: done in {seconds} on {device}."
 STATUS_FAILED = "{label}: failed."
 STATUS_CANCELLED = "{label}: cancelled."
@@ -139,6 +140,13 @@ JOB_CANCELLED = "Job #{job} cancelled. Send a new image to start again."
 
 BUSY = "Busy: {reason}."
 SLOW_DOWN = "Slow down, please: at most {limit} images a minute. Try again in {wait} s."
+# Reasons a photo could not be taken (bot/failures.py); shown after "{label}: " or "that didn't go through: ".
+OUT_OF_SPACE = "the server is out of disk space; try again later"
+SERVER_BUSY = "the server is busy; please send it again in a minute"
+TELEGRAM_FLOOD = "Telegram asked the bot to slow down; please send it again in a minute"
+TELEGRAM_TROUBLE = "Telegram refused a request of the bot; please send it again"
+INTAKE_FAILED = "something went wrong on the server; please send it again"
+GAVE_UP = "Sorry, the server stopped several times while taking that message. Please send it again."
 SHUTTING_DOWN = "The bot is restarting; please send that again in a minute."
 
 # --- input errors ---

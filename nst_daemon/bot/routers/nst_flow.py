@@ -57,7 +57,8 @@ async def style_image(message: Message, state: FSMContext, bot: Bot) -> None:
     if len(styles) >= MAX_STYLE_IMAGES:
         await message.answer(texts.NST_TOO_MANY.format(limit=MAX_STYLE_IMAGES))
         return
-    styles.append(ref.to_dict())
+    if all(item.get("file_id") != ref.file_id for item in styles):  # a replay after a crash adds it once
+        styles.append(ref.to_dict())
     group = message.media_group_id
     same_album = bool(group) and group == data.get("group") and data.get("ack_id")
     # Remember the image before replying: a failed reply must not lose it.

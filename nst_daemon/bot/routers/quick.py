@@ -151,11 +151,13 @@ async def choose_style(
             await state.set_data({"content": pending[0].to_dict(), "styles": []})
             await bot.send_message(chat_id=chat_id, text=texts.NST_GOT_CONTENT)
             return
-        await _remember_album(state, data.get("album_group"), style)
+        # The photos become jobs before the question is forgotten: a crash in between replays this
+        # press with the photos still there (intake.py), and the ones already queued are not queued twice.
         for ref in pending:
             await services.starter.start(
                 bot, user_id=query.from_user.id, chat_id=chat_id, engine="cyclegan", style=style, content=ref
             )
+        await _remember_album(state, data.get("album_group"), style)
         return
 
     if style == keyboards.NST:
