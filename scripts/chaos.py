@@ -28,7 +28,7 @@ from typing import Any
 import bench_common as bc
 import chaos_doors as doors
 from chaos_harness import STYLE, Daemon, make_models, photo, write_daemon_config
-from chaos_ledger import Ledger, Photo, TelegramLimits, count
+from chaos_ledger import Ledger, Photo, TelegramLimits, count, markdown_table, print_table
 from fake_telegram import FakeTelegram
 
 SCENARIOS = ("crash_loop", "disk_full", "burst", "lock_holder", "bad_files")
@@ -169,7 +169,7 @@ def crash_loop(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         sent, kill_at, restart_at = 0, None, None
         limit = started + count_ * interval + kills * (restart_s + 60)
-        while (sent < count_ or len(uptimes) < kills) and time.monotonic() < limit:
+        while (sent < count_ or len(scene.daemon.kills) < kills) and time.monotonic() < limit:
             now = time.monotonic()
             if sent < count_ and now >= started + sent * interval:
                 scene.send(scene.users[sent % users])
@@ -198,7 +198,9 @@ def crash_loop(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def disk_full(args: argparse.Namespace) -> dict[str, Any]:
-    """The state dir on a small tmpfs that is filled up during intake, then freed."""
+    """The state dir on a small tmpfs. Photos arrive 0.2 s apart throughout: the first fifth with space,
+    then the tmpfs is filled while jobs are in flight, and `hold_s` after the fourth fifth it is freed
+    (space returns) while the last fifth arrives."""
     count_, hold_s = (20, 5.0) if args.small else (100, 10.0)
     mount = args.workdir / "disk_full-tmpfs"
     mount.mkdir(parents=True, exist_ok=True)
@@ -212,13 +214,15 @@ def disk_full(args: argparse.Namespace) -> dict[str, Any]:
     try:
         scene = Scene("disk_full", args, 5, state_dir=mount / "state")
         scene.daemon.start()
-        filler = mount / "filler"
-        filled = doors.fill_disk(filler)
+        filler, filled = mount / "filler", 0
         for index in range(count_):
+            if index == count_ // 5:
+                filled = doors.fill_disk(filler)
+            if index == 4 * count_ // 5:
+                time.sleep(hold_s)
+                filler.unlink()  # space returns: intake and the worker should resume by themselves
             scene.send(scene.users[index % 5])
             time.sleep(0.2)
-        time.sleep(hold_s)
-        filler.unlink()  # space returns: intake and the worker should resume by themselves
         scene.drain()
         return scene.finish(filled_mb=round(filled / bc.MB, 1), held_full_s=hold_s)
     finally:
@@ -326,33 +330,6 @@ RUNNERS = {
 }
 
 
-# --- report -------------------------------------------------------------------------------------------------
-
-COLUMNS = (
-    ("sent", "photos"), ("results", "results"), ("send again", "send_again"), ("refused", "refused"),
-    ("lost", "lost"), ("dup", "duplicates"), ("dup in window", "duplicates_in_window"),
-    ("stuck status", "stuck_status"), ("peak daemon MB", "peak_daemon_rss_mb"),
-    ("peak tree MB", "peak_tree_rss_mb"), ("alive", "alive"),
-)  # fmt: skip
-
-
-def print_table(results: dict[str, dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="chaos", title_justify="left")
-    table.add_column("scenario", no_wrap=True)
-    for title, _ in COLUMNS:
-        table.add_column(title, justify="right")
-    for name, row in results.items():
-        if "skipped" in row or "error" in row:
-            table.add_row(name, *(["-"] * (len(COLUMNS) - 1)), row.get("skipped") or row.get("error"))
-            continue
-        table.add_row(name, *(("yes" if row[key] else "NO") if key == "alive" else bc.fmt(row[key]) for
-                              _, key in COLUMNS))  # fmt: skip
-    Console(width=max(150, Console().width)).print(table)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chaos.py", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -363,6 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=bc.RESULTS_DIR / "chaos.json")
     parser.add_argument("--models", type=Path, help="an installed models dir to reuse (else made once)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (daemon logs) afterwards")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     args = parser.parse_args(argv)
     args.names = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = [name for name in args.names if name not in SCENARIOS]
@@ -396,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.workdir, ignore_errors=True)
     print(f"results written to {args.json}")
     print_table(results)
+    if args.markdown:
+        print(markdown_table(results))
     return 0
 
 

@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench_common import fmt as _fmt
+
 RESULT_METHODS = ("sendPhoto", "sendDocument")
 # Final texts that are job states, not answers (the job's own reply follows them).
 JOB_STATE = re.compile(r"got it, preparing|queued, position|stylizing|: done in |: failed\.$|: cancelled\.$")
@@ -232,3 +234,47 @@ class TelegramLimits:
             if chat is not None:
                 chat[0] -= 1
             return 0
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("sent", "photos"), ("results", "results"), ("send again", "send_again"), ("refused", "refused"),
+    ("lost", "lost"), ("dup", "duplicates"), ("dup in window", "duplicates_in_window"),
+    ("stuck status", "stuck_status"), ("peak daemon MB", "peak_daemon_rss_mb"),
+    ("peak tree MB", "peak_tree_rss_mb"), ("alive", "alive"),
+)  # fmt: skip
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="chaos", title_justify="left")
+    table.add_column("scenario", no_wrap=True)
+    for title, _ in COLUMNS:
+        table.add_column(title, justify="right")
+    for name, row in results.items():
+        if "skipped" in row or "error" in row:
+            table.add_row(name, *(["-"] * (len(COLUMNS) - 1)), row.get("skipped") or row.get("error"))
+            continue
+        table.add_row(name, *(("yes" if row[key] else "NO") if key == "alive" else _fmt(row[key]) for
+                              _, key in COLUMNS))  # fmt: skip
+    Console(width=max(150, Console().width)).print(table)
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    """The same table as markdown, for docs/reliability.md."""
+    lines = [
+        "| scenario | " + " | ".join(title for title, _ in COLUMNS) + " |",
+        "| --- |" + " --- |" * len(COLUMNS),
+    ]
+    for name, row in results.items():
+        if "skipped" in row or "error" in row:
+            lines.append(f"| {name} | {row.get('skipped') or row.get('error')} |" + " |" * (len(COLUMNS) - 1))
+            continue
+        cells = [
+            ("yes" if row[key] else "**no**") if key == "alive" else _fmt(row[key]) for _, key in COLUMNS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ from fake_telegram import Call
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from chaos_ledger import Photo, TelegramLimits, answer_kind, count  # noqa: E402
+from chaos_ledger import COLUMNS, Photo, TelegramLimits, answer_kind, count, markdown_table  # noqa: E402
 
 CHAT = 42
 
@@ -138,3 +138,12 @@ def test_small_crash_loop_loses_nothing(installed_models_dir: Path, tmp_path: Pa
     assert row["lost"] == 0, row
     assert row["duplicates"] - row["duplicates_in_window"] == 0, row
     assert row["alive"] is True and row["unexpected_exits"] == [], row
+
+
+def test_markdown_table_marks_a_dead_daemon_and_a_skipped_scenario() -> None:
+    row = {key: 0 for _, key in COLUMNS} | {"photos": 100, "lost": 100, "alive": False}
+    table = markdown_table({"disk_full": row, "burst": {"skipped": "needs root and mount: denied"}})
+    lines = table.splitlines()
+    assert lines[2].startswith("| disk_full | 100 | 0 |") and lines[2].endswith("| **no** |")
+    assert lines[3].startswith("| burst | needs root and mount: denied |")
+    assert len({line.count("|") for line in lines}) == 1  # every row has the header's columns
