@@ -34,7 +34,7 @@ from nst_daemon.wording import plural
 log = logging.getLogger(__name__)
 
 SOURCES = ("telegram", "folder", "cli")
-ENGINES = ("nst", "cyclegan")
+ENGINES = ("nst", "cyclegan", "adain")
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
@@ -276,7 +276,7 @@ class JobQueue:
             raise NstdError("nstd is shutting down; try again in a minute")
         if request.source not in SOURCES or request.engine not in ENGINES:
             raise ValueError(f"bad job request: source={request.source!r} engine={request.engine!r}")
-        if request.engine == "nst" and not request.style_images:
+        if request.engine in ("nst", "adain") and not request.style_images:
             raise NstdError("multi-style NST needs at least one style image")
         self._check_capacity(request.owner)
         stored = await asyncio.to_thread(self._normalize_inputs, request)
