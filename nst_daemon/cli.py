@@ -238,7 +238,7 @@ def stylize(
         progress_console=err_console,
         engine=engine.value if engine else None,
         strength=strength,
-        style_weights=style_weight,
+        style_weights=style_weight or None,
     )
 
 

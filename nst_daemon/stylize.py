@@ -68,7 +68,7 @@ def run(
             if given is not None:
                 raise NstdError(f"{option} applies to --style-image only; {key} is a pretrained style")
     else:
-        explicit = engine is not None
+        chosen = engine is None and _both_installed(settings)  # the machine decided: say which and why
         engine = engine or default_engine(settings, device)
         if strength is not None:
             check_strength(strength)
@@ -77,7 +77,7 @@ def run(
                 raise NstdError("--strength applies to --engine adain only")
         if style_weights is not None:
             normalized_weights(style_weights, len(style_images))
-        if not explicit:
+        if chosen:
             console.print(f"engine: {engine} ({_ENGINE_NOTES[engine]})", style="dim", highlight=False)
     output = resolve_output(output, _default_name(input, key or engine or "nst"))
     output_format = imaging.format_for_path(output)
@@ -157,6 +157,12 @@ def default_engine(settings: Settings, device: str | None) -> str:
         return "adain" if adain else "nst"
     gpu = (device or settings.nst.device) != "cpu" and nvidia_driver_present()
     return "nst" if gpu else "adain"
+
+
+def _both_installed(settings: Settings) -> bool:
+    from nst_daemon.engines import NST_BACKBONE
+
+    return all(_installed(settings.paths.models_dir, name) for name in (*ADAIN_MODELS, NST_BACKBONE))
 
 
 def _installed(models_dir: Path, name: str) -> bool:

@@ -3,8 +3,8 @@
 `make_vgg19_state_dict` mirrors torchvision's vgg19 (IMAGENET1K_V1) keys and shapes;
 `make_cyclegan_state_dict` mirrors pytorch-CycleGAN-and-pix2pix `latest_net_G` of a resnet_9blocks
 generator; `make_adain_vgg_state_dict` and `make_adain_decoder_state_dict` mirror pytorch-AdaIN's
-vgg_normalised.pth and decoder.pth. Values are random but well scaled (He-normal convolutions), so NST losses are finite and fall
-and generator outputs span [-1, 1].
+vgg_normalised.pth and decoder.pth. Values are random but well scaled (He-normal convolutions), so NST
+losses are finite and fall and generator outputs span [-1, 1].
 """
 
 from __future__ import annotations
