@@ -107,7 +107,13 @@ def run(
         content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
         to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
         styles = [imaging.load_image_file(path, **limits, final_size=to_area) for path in style_images]
-        models = [runnable_path(models_dir, name) for name in ADAIN_MODELS]
+        missing = [name for name in ADAIN_MODELS if not _installed(models_dir, name)]
+        if len(missing) > 1:
+            raise NstdError(
+                f"models {' and '.join(missing)} are not installed: run "
+                f"`nstd models pull {' '.join(missing)}` (AdaIN needs both; --engine nst uses vgg19)"
+            )
+        models = [runnable_path(models_dir, name) for name in ADAIN_MODELS]  # names the one missing
         result, used = _adain(
             settings, models, content, styles, style_weights, strength, side, device, preserve_colors, shown
         )
@@ -123,13 +129,13 @@ def run(
             model,
             content,
             styles,
-            style_weights,
             preset,
             side,
             device,
             preserve_colors,
             console,
             shown,
+            style_weights,
         )
 
     write_output(output, imaging.encode_image(result, output_format), force=force)
@@ -235,13 +241,13 @@ def _nst(
     model: Path,
     content: Image.Image,
     styles: list[Image.Image],
-    weights: list[float] | None,
     preset: str,
     max_side: int,
     device: str | None,
     preserve_colors: bool,
     console: Console,
     shown: Console | None,
+    weights: list[float] | None = None,
 ) -> tuple[Image.Image, str]:
     from nst_daemon.engines.nst import NSTEngine, NSTOptions, NSTProgress
 

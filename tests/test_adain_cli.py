@@ -221,3 +221,22 @@ def test_the_runner_runs_an_adain_job(adain_models: Path, tmp_path: Path) -> Non
     assert fractions[-1] == 1.0
     assert json.loads(json.dumps(result.report))["strength"] == 0.5
     assert result.report["device"] == "CPUExecutionProvider"
+
+
+def test_style_weights_reach_nst_too(tmp_path: Path, monkeypatch) -> None:
+    from rich.console import Console
+
+    fake_install(tmp_path, ["vgg19"])
+    photo = tmp_path / "photo.png"
+    random_image((40, 30), seed=1).save(photo)
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        stylize, "_nst", lambda *args: calls.append(args) or (Image.new("RGB", (1, 1)), "cpu")
+    )
+    settings = Settings.model_validate({"paths": {"models_dir": str(tmp_path), "state_dir": str(tmp_path)}})
+    stylize.run(
+        settings, photo, tmp_path / "out.jpg", style=None, style_images=[photo, photo], preset=None,
+        max_side=None, device=None, preserve_colors=False, console=Console(quiet=True), engine="nst",
+        style_weights=[2.0, 1.0],
+    )  # fmt: skip
+    assert calls[0][-1] == [2.0, 1.0]
