@@ -105,8 +105,8 @@ class CycleganSettings(_Section):
 
 
 class AdainSettings(_Section):
-    # 1536: about 1.8 GB of activations for a square photo, so a 4 GB card has room (engines/adain.py).
-    max_side: int = Field(default=1536, ge=64, le=4096)
+    # 1024: at most about 2 GB for one square photo, so a 4 GB card has room (engines/adain.py).
+    max_side: int = Field(default=1024, ge=64, le=4096)
     device: Device = "auto"
     cpu_threads: int = Field(default=0, ge=0, le=1024)
 

@@ -17,10 +17,11 @@ This module imports neither torch nor onnxruntime at import time: `nstd stylize`
 pay only for ONNX Runtime. The torch networks live in `adain_net`, used at install only.
 
 Memory (what `adain.max_side` bounds): the largest activations are the 64-channel float32 maps at full
-resolution in the encoder's first block and the decoder's last; ONNX Runtime holds at most about three
-of them at once, so about 3 × 64 × 4 = 768 bytes per padded pixel, plus 80 + 14 MB of weights. At the
-default 1536 px a square photo (2.36 MP) needs about 1.8 GB, a 4:3 one (1536×1152) about 1.4 GB: with the
-CUDA context and cuDNN's workspace (about 0.5-0.8 GB) that fits a 4 GB card. See docs/engines.md.
+resolution in the encoder's first block and the decoder's last; about three are alive at once, so about
+3 × 64 × 4 = 768 bytes per padded pixel. A convolution's workspace comes on top: on the CPU, ONNX Runtime's
+peak was measured at about 2 KB per pixel (1.5 GB at 1024×768, 3.5 GB at 1536×1152; docs/benchmarks.md).
+Taking that as the bound, the default 1024 px needs at most about 2 GB for a square photo, which leaves a
+4 GB card room for the CUDA context (0.3-0.5 GB); 1536 px would not. See docs/engines.md.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def check_strength(strength: float) -> float:
 def mean_std(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and σ = sqrt(unbiased variance + eps) of (1, C, h, w) features, each (C, 1, 1).
 
-    Accumulated in float64: a 1536 px photo has 36,864 values per channel at relu4_1."""
+    Accumulated in float64: a 1024 px photo has 16,384 values per channel at relu4_1."""
     flat = features.reshape(features.shape[1], -1)
     mean = flat.mean(axis=1, dtype=np.float64)
     var = flat.var(axis=1, ddof=1, dtype=np.float64) if flat.shape[1] > 1 else np.zeros_like(mean)
