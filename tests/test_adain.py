@@ -304,3 +304,10 @@ def test_verify_rechecks_both_models(adain_models: Path, tmp_path: Path) -> None
     out = io.StringIO()
     assert catalog.verify_all(settings, Console(file=out, width=200)) == 0
     assert "adain_vgg: ok" in out.getvalue() and "adain_decoder: ok" in out.getvalue()
+    listing = io.StringIO()
+    catalog.print_list(settings, Console(file=listing, width=80))
+    rows = [line.split() for line in listing.getvalue().splitlines() if line.startswith("adain_")]
+    assert [row[:3] for row in rows] == [
+        ["adain_vgg", "(AdaIN)", "yes,"],
+        ["adain_decoder", "(AdaIN)", "yes,"],
+    ]

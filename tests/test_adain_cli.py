@@ -240,3 +240,32 @@ def test_style_weights_reach_nst_too(tmp_path: Path, monkeypatch) -> None:
         style_weights=[2.0, 1.0],
     )  # fmt: skip
     assert calls[0][-1] == [2.0, 1.0]
+
+
+def test_an_adain_job_goes_through_the_queue(adain_models: Path, tmp_path: Path) -> None:
+    """JobRequest(engine="adain", style_images=...) is accepted, and the real runner finishes it: the path
+    the folder and the bot will use."""
+    import asyncio
+
+    from test_jobs import jpeg, make_queue, run_until_final
+
+    from nst_daemon.jobs import JobRequest
+
+    sections = {
+        "paths": {"state_dir": str(tmp_path / "state"), "models_dir": str(adain_models)},
+        "adain": {"device": "cpu", "cpu_threads": 1},
+    }
+
+    async def scenario() -> Job:
+        queue = make_queue(tmp_path, None, **sections)
+        queue.runner = EngineRunner(queue.settings)
+        request = JobRequest(
+            source="cli", owner="u", engine="adain", content=jpeg((200, 40, 40), (45, 33)),
+            style_images=[jpeg((20, 20, 220), (30, 30))], params={"strength": 0.5},
+        )  # fmt: skip
+        job = await queue.submit(request)
+        return await run_until_final(queue, job.id, limit_s=120)
+
+    job = asyncio.run(scenario())
+    assert job.state == "done", job.error
+    assert job.output_key
