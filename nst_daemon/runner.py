@@ -141,7 +141,8 @@ class EngineRunner:
         `preserve_colors`."""
         engine = self._engine("adain")
         progress(0.05)
-        strength = float(job.params.get("strength", 1.0))
+        given = job.params.get("strength")
+        strength = 1.0 if given is None else float(given)
         image = engine.stylize(
             content,
             styles,
