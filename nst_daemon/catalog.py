@@ -36,13 +36,15 @@ from nst_daemon.fsutil import ensure_dir, fsync_dir
 from nst_daemon.manifest import MANIFEST_NAME, InstalledModel, read_manifest, write_manifest
 from nst_daemon.wording import plural
 
-KINDS = ("vgg19", "cyclegan")
+KINDS = ("vgg19", "cyclegan", "adain_vgg", "adain_decoder")
 SIZE_CAP_FACTOR = 1.5
 LOCK_DIR = ".locks"
 _HASH_CHUNK = 1 << 20
 _PINNED_LABELS = {"catalog": "catalog sha256", "tofu": "first use (tofu)", "import": "import"}
 # The same in `models list`, where the column must fit 80 columns; the README explains each word.
 _PINNED_SHORT = {"catalog": "catalog", "tofu": "tofu", "import": "import"}
+# `models list`'s style column for the models that are not a style themselves: the engine they serve.
+_ENGINE_OF_KIND = {"vgg19": "(NST)", "adain_vgg": "(AdaIN)", "adain_decoder": "(AdaIN)"}
 
 
 class CatalogError(NstdError):
@@ -52,7 +54,7 @@ class CatalogError(NstdError):
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str
-    kind: str  # vgg19 | cyclegan
+    kind: str  # one of KINDS
     style: str
     url: str
     file: str
@@ -68,7 +70,7 @@ class CatalogEntry:
 
     @property
     def runnable(self) -> str:
-        """The file the engine loads: the checkpoint itself for VGG19, the exported ONNX for CycleGAN."""
+        """The file the engine loads: the checkpoint itself for VGG19, the exported ONNX for the others."""
         return self.file if self.kind == "vgg19" else f"{self.name}.onnx"
 
     @property
@@ -529,14 +531,12 @@ def _install(
     built_sha256: dict[str, str] = {}
     try:
         validate_checkpoint(entry.kind, part, shown_as)
-        if entry.kind == "cyclegan":
-            from nst_daemon.engines import cyclegan
-
+        if entry.runnable != entry.file:
             onnx_part = models_dir / f"{entry.runnable}.part"
             staged.append(onnx_part)
             console.print(f"{entry.name}: converting to ONNX (checking it against PyTorch)")
             started = time.perf_counter()
-            diff = cyclegan.export_onnx(part, onnx_part)
+            diff = _export_onnx(entry.kind, part, onnx_part)
             notes.append(f"ONNX export: max abs difference to PyTorch {diff:.1e}")
             console.print(
                 f"{entry.name}: ONNX export ok in {time.perf_counter() - started:.1f} s "
@@ -579,6 +579,17 @@ def _install(
     return record
 
 
+def _export_onnx(kind: str, checkpoint: Path, onnx_path: Path) -> float:
+    """Build the ONNX file of a checkpoint, checked against PyTorch; the max difference found."""
+    if kind == "cyclegan":
+        from nst_daemon.engines import cyclegan
+
+        return cyclegan.export_onnx(checkpoint, onnx_path)
+    from nst_daemon.engines import adain_net
+
+    return adain_net.export_onnx(kind, checkpoint, onnx_path)
+
+
 def validate_checkpoint(kind: str, path: Path, shown_as: str | None = None) -> None:
     """Load with weights_only and check keys and shapes against the architecture; NstdError names the key.
 
@@ -598,6 +609,10 @@ def validate_checkpoint(kind: str, path: Path, shown_as: str | None = None) -> N
             from nst_daemon.engines.vgg import validate_vgg_state_dict
 
             validate_vgg_state_dict(raw)
+        elif kind in ("adain_vgg", "adain_decoder"):
+            from nst_daemon.engines.adain_net import clean_state_dict
+
+            clean_state_dict(kind, raw)
         else:
             from nst_daemon.engines.cyclegan import clean_generator_state_dict
 
@@ -746,7 +761,7 @@ def print_list(settings: Settings, console: Console) -> None:
                 problems.append(f"{entry.name}: {status.problem}; `nstd models pull {entry.name}` fixes it")
             approx = "" if entry.size_exact else "~"
             size, digest = approx + decimal(entry.size), (entry.sha256 or "")[:12] or "-"
-        table.add_row(entry.name, entry.style or "(NST)", installed, size, digest)
+        table.add_row(entry.name, entry.style or _ENGINE_OF_KIND.get(entry.kind, ""), installed, size, digest)
     console.print(table)
     for problem in problems:
         console.print(escape(problem), highlight=False)

@@ -58,6 +58,11 @@ class PresetChoice(StrEnum):
     best = "best"
 
 
+class EngineChoice(StrEnum):
+    adain = "adain"
+    nst = "nst"
+
+
 class DeviceChoice(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -182,7 +187,26 @@ def stylize(
     ] = None,
     style_image: Annotated[
         list[Path] | None,
-        typer.Option("--style-image", help="Style image for multi-style NST (repeatable).", metavar="PATH"),
+        typer.Option("--style-image", help="Style image (repeatable): several are blended.", metavar="PATH"),
+    ] = None,
+    style_weight: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--style-weight",
+            help="Weight of each --style-image, in order (repeatable; default equal; normalised).",
+            metavar="W",
+        ),
+    ] = None,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option(
+            help="For --style-image: adain (instant) or nst (slower, finer). Default: the one installed, "
+            "else adain without a GPU."
+        ),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(help="AdaIN: how strongly to apply the style, 0 to 1 (default 1).", metavar="F"),
     ] = None,
     preset: Annotated[PresetChoice | None, typer.Option(help="NST quality preset.")] = None,
     max_side: Annotated[
@@ -190,13 +214,13 @@ def stylize(
     ] = None,
     device: Annotated[DeviceChoice | None, typer.Option(help="Where to run.")] = None,
     preserve_colors: Annotated[
-        bool, typer.Option("--preserve-colors", help="NST: keep the content's colours.", metavar="")
+        bool, typer.Option("--preserve-colors", help="NST, AdaIN: keep the content's colours.", metavar="")
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Replace the output file if it exists.", metavar="")
     ] = False,
 ) -> None:
-    """Stylize one image with a pretrained style or with style images (multi-style NST)."""
+    """Stylize one image with a pretrained style or with style images (instant AdaIN or multi-style NST)."""
     from nst_daemon import stylize as stylize_command
 
     stylize_command.run(
@@ -212,6 +236,9 @@ def stylize(
         console=console,
         force=force,
         progress_console=err_console,
+        engine=engine.value if engine else None,
+        strength=strength,
+        style_weights=style_weight or None,
     )
 
 

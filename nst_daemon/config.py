@@ -104,6 +104,13 @@ class CycleganSettings(_Section):
     cpu_threads: int = Field(default=0, ge=0, le=1024)
 
 
+class AdainSettings(_Section):
+    # 1024: at most about 2 GB for one square photo, so a 4 GB card has room (engines/adain.py).
+    max_side: int = Field(default=1024, ge=64, le=4096)
+    device: Device = "auto"
+    cpu_threads: int = Field(default=0, ge=0, le=1024)
+
+
 class WatchSettings(_Section):
     enabled: bool = False
     dir: Path = Path("watch")
@@ -132,6 +139,7 @@ class Settings(_Section):
     images: ImagesSettings = Field(default_factory=ImagesSettings)
     nst: NstSettings = Field(default_factory=NstSettings)
     cyclegan: CycleganSettings = Field(default_factory=CycleganSettings)
+    adain: AdainSettings = Field(default_factory=AdainSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)

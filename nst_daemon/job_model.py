@@ -17,7 +17,7 @@ from nst_daemon.errors import NstdError
 from nst_daemon.wording import plural
 
 SOURCES = ("telegram", "folder", "cli")
-ENGINES = ("nst", "cyclegan")
+ENGINES = ("nst", "cyclegan", "adain")
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
 # A delivery is "sending" from its claim until the source's answer is recorded; see JobQueue._deliver.

@@ -177,7 +177,7 @@ class JobQueue:
             raise NstdError("nstd is shutting down; try again in a minute")
         if request.source not in SOURCES or request.engine not in ENGINES:
             raise ValueError(f"bad job request: source={request.source!r} engine={request.engine!r}")
-        if request.engine == "nst" and not request.style_images:
+        if request.engine in ("nst", "adain") and not request.style_images:
             raise NstdError("multi-style NST needs at least one style image")
         self._check_capacity(request.owner, self.db.conn)  # a cheap early refusal; _reserve decides
         infos = await asyncio.to_thread(self._check_inputs, request)

@@ -17,6 +17,7 @@ from PIL import Image
 from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.engines import STYLE_MODELS
+from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
 from nst_daemon.engines.presets import working_side
 from nst_daemon.errors import UnknownStyle
 from nst_daemon.jobs import Job, ProgressFn, RunResult
@@ -59,11 +60,14 @@ class EngineRunner:
         return sorted(name for name, engine in self._engines.items() if engine.loaded)
 
     def _engine(self, model: str) -> Any:
-        path = runnable_path(self.settings.paths.models_dir, model)  # ModelNotInstalled when absent
+        """The loaded engine of `model`: a catalog name, or "adain" for AdaIN's two models."""
+        names = ADAIN_MODELS if model == "adain" else (model,)
+        models_dir = self.settings.paths.models_dir
+        paths = [runnable_path(models_dir, name) for name in names]  # ModelNotInstalled when absent
         with self._lock:
             engine = self._engines.get(model)
             if engine is None:
-                engine = self._create(model, path)
+                engine = self._create(model, *paths)
                 self._engines[model] = engine
             if not engine.loaded:
                 started = time.monotonic()
@@ -72,7 +76,12 @@ class EngineRunner:
             self._last_used[model] = time.monotonic()
             return engine
 
-    def _create(self, model: str, path: Any) -> Any:
+    def _create(self, model: str, path: Any, *more: Any) -> Any:
+        if model == "adain":
+            from nst_daemon.engines.adain import AdaINEngine
+
+            adain = self.settings.adain
+            return AdaINEngine(path, *more, device=adain.device, cpu_threads=adain.cpu_threads)
         if model == "vgg19":
             from nst_daemon.engines.nst import NSTEngine
 
@@ -95,6 +104,8 @@ class EngineRunner:
         content_image, *style_images = decode_inputs([content, *styles], self.settings, max_side=max_side)
         if job.engine == "cyclegan":
             return self._run_cyclegan(job, content_image, max_side, progress, cancel)
+        if job.engine == "adain":
+            return self._run_adain(job, content_image, style_images, max_side, progress, cancel)
         return self._run_nst(job, content_image, style_images, max_side, progress, cancel)
 
     def _max_side(self, job: Job) -> int:
@@ -116,6 +127,40 @@ class EngineRunner:
         return RunResult(
             image, {"device": engine.provider, "model": model, "max_side": max_side, "size": list(image.size)}
         )
+
+    def _run_adain(
+        self,
+        job: Job,
+        content: Image.Image,
+        styles: list[Image.Image],
+        max_side: int,
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> RunResult:
+        """Job params: `strength` (0..1, default 1), `style_weights` (one per style image, default equal),
+        `preserve_colors`."""
+        engine = self._engine("adain")
+        progress(0.05)
+        given = job.params.get("strength")
+        strength = 1.0 if given is None else float(given)
+        image = engine.stylize(
+            content,
+            styles,
+            weights=job.params.get("style_weights"),
+            strength=strength,
+            preserve_colors=bool(job.params.get("preserve_colors", False)),
+            max_side=max_side,
+            cancel=cancel,
+        )
+        progress(1.0)
+        report = {
+            "device": engine.provider,
+            "model": "+".join(ADAIN_MODELS),
+            "strength": strength,
+            "max_side": max_side,
+            "size": list(image.size),
+        }
+        return RunResult(image, report)
 
     def _run_nst(
         self,

@@ -2,8 +2,9 @@
 
 `make_vgg19_state_dict` mirrors torchvision's vgg19 (IMAGENET1K_V1) keys and shapes;
 `make_cyclegan_state_dict` mirrors pytorch-CycleGAN-and-pix2pix `latest_net_G` of a resnet_9blocks
-generator. Values are random but well scaled (He-normal convolutions), so NST losses are finite and fall
-and generator outputs span [-1, 1].
+generator; `make_adain_vgg_state_dict` and `make_adain_decoder_state_dict` mirror pytorch-AdaIN's
+vgg_normalised.pth and decoder.pth. Values are random but well scaled (He-normal convolutions), so NST
+losses are finite and fall and generator outputs span [-1, 1].
 """
 
 from __future__ import annotations
@@ -96,6 +97,45 @@ def make_cyclegan_state_dict(seed: int = 0, legacy_norm_keys: bool = False) -> d
             state[f"{prefix}.running_mean"] = torch.zeros(size)
             state[f"{prefix}.running_var"] = torch.ones(size)
             state[f"{prefix}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    return state
+
+
+# pytorch-AdaIN (naoto0804/pytorch-AdaIN, net.py): plain nn.Sequential state dicts, keys "INDEX.weight".
+ADAIN_VGG_CONVS: tuple[tuple[int, int, int, int], ...] = (
+    # (module index, out channels, in channels, kernel) of the whole normalised VGG, to relu5_4
+    (0, 3, 3, 1), (2, 64, 3, 3), (5, 64, 64, 3),
+    (9, 128, 64, 3), (12, 128, 128, 3),
+    (16, 256, 128, 3), (19, 256, 256, 3), (22, 256, 256, 3), (25, 256, 256, 3),
+    (29, 512, 256, 3), (32, 512, 512, 3), (35, 512, 512, 3), (38, 512, 512, 3),
+    (42, 512, 512, 3), (45, 512, 512, 3), (48, 512, 512, 3), (51, 512, 512, 3),
+)  # fmt: skip
+ADAIN_DECODER_CONVS: tuple[tuple[int, int, int], ...] = (
+    # (module index, out channels, in channels); all 3×3
+    (1, 256, 512), (5, 256, 256), (8, 256, 256), (11, 256, 256), (14, 128, 256),
+    (18, 128, 128), (21, 64, 128), (25, 64, 64), (28, 3, 64),
+)  # fmt: skip
+
+
+def make_adain_vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """vgg_normalised.pth keys and shapes (about 80 MB)."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for index, out_channels, in_channels, kernel in ADAIN_VGG_CONVS:
+        state[f"{index}.weight"] = _he_normal(generator, (out_channels, in_channels, kernel, kernel))
+        state[f"{index}.bias"] = torch.randn(out_channels, generator=generator) * 0.01
+    return state
+
+
+def make_adain_decoder_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """decoder.pth keys and shapes (about 14 MB). The last conv is scaled so that most output pixels fall
+    inside [0, 1] (around 0.5), where the clamp does not hide differences a test looks for."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for index, out_channels, in_channels in ADAIN_DECODER_CONVS:
+        state[f"{index}.weight"] = _he_normal(generator, (out_channels, in_channels, 3, 3))
+        state[f"{index}.bias"] = torch.randn(out_channels, generator=generator) * 0.01
+    state["28.weight"] = state["28.weight"] * 0.5
+    state["28.bias"] = torch.full((3,), 0.5)
     return state
 
 

@@ -785,7 +785,11 @@ def test_other_foreign_generator_layouts_are_described() -> None:
 
 def test_the_shipped_catalog_matches_the_design() -> None:
     entries = catalog.load_catalog(catalog.default_catalog_path())
-    assert list(entries) == ["vgg19", *CYCLEGAN_NAMES]
+    assert list(entries) == ["vgg19", *CYCLEGAN_NAMES, "adain_vgg", "adain_decoder"]
+    for name, file in (("adain_vgg", "vgg_normalised.pth"), ("adain_decoder", "decoder.pth")):
+        entry = entries[name]
+        assert entry.kind == name and entry.sha256 is None and entry.runnable == f"{name}.onnx"
+        assert entry.url == f"https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/{file}"
     vgg = entries["vgg19"]
     assert vgg.url == "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
     assert vgg.size == 574_673_361 and vgg.size_exact

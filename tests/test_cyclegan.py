@@ -167,7 +167,7 @@ def test_cpu_threads_set_onnx_runtimes_intra_op_pool(
 def test_provider_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
-    from nst_daemon.engines import device
+    from nst_daemon.engines import ort_session as device  # where the driver check lives now
 
     assert provider_list("cpu") == ["CPUExecutionProvider"]
     monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)

@@ -149,8 +149,15 @@ def test_missing_model(tmp_path: Path, photo: Path) -> None:
     config = write_config(tmp_path / "empty.toml", empty, tmp_path / "state")
     line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", "--style", "vangogh"))
     assert "nstd models pull style_vangogh" in line
-    line = one_error_line(nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", photo))
+    line = one_error_line(
+        nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", photo, "--engine", "nst")
+    )
     assert "nstd models pull vgg19" in line
+    # Nothing installed on a machine without a GPU: the default engine is AdaIN, which needs two models.
+    line = one_error_line(
+        nstd(config, photo, "-o", tmp_path / "x.jpg", "--style-image", photo, "--device", "cpu")
+    )
+    assert "run `nstd models pull adain_vgg adain_decoder`" in line
     # A mistyped input is reported before the missing model: pulling one would not have helped.
     line = one_error_line(nstd(config, tmp_path / "typo.jpg", "-o", tmp_path / "x.jpg", "--style", "vangogh"))
     assert "typo.jpg: no such file" in line

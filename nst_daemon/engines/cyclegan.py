@@ -29,8 +29,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
+from nst_daemon.engines import Cancelled, CheckpointError, ConversionError
 from nst_daemon.engines.checkpoint import describe_foreign_generator, read_checkpoint
+from nst_daemon.engines.ort_session import open_session, provider_list  # noqa: F401  (re-exported)
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -357,39 +358,6 @@ class _ProgressTicker:
                 return
 
 
-def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict[str, object]]]:
-    """Providers in preference order, limited to those this onnxruntime build has."""
-    import onnxruntime as ort
-
-    from nst_daemon.engines.device import nvidia_driver_present
-
-    device = (device or "auto").strip().lower()
-    if device.startswith("cuda:") and device[5:].isdigit():
-        device, device_id = "cuda", int(device[5:])
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeviceError(f"unknown device {device!r}; expected auto, cpu or cuda")
-    available = ort.get_available_providers()
-    providers: list[str | tuple[str, dict[str, object]]] = []
-    # onnxruntime-gpu lists CUDA even on a machine with no NVIDIA card; under "auto", try it only where a
-    # driver is present, so CPU-only boxes do not get a "CUDA could not start" warning at every load.
-    wants_cuda = device == "cuda" or (device == "auto" and nvidia_driver_present())
-    if wants_cuda and "CUDAExecutionProvider" in available:
-        providers.append(
-            (
-                "CUDAExecutionProvider",
-                {
-                    "device_id": device_id,
-                    # Exhaustive search re-runs (~0.5 s) for every new image shape; the heuristic is instant.
-                    "cudnn_conv_algo_search": "HEURISTIC",
-                    # Grow the arena by what is asked, not by powers of two: a 4 GB card has no slack.
-                    "arena_extend_strategy": "kSameAsRequested",
-                },
-            )
-        )
-    providers.append("CPUExecutionProvider")
-    return providers
-
-
 class CycleGANEngine:
     """One exported generator behind an ONNX Runtime session."""
 
@@ -432,46 +400,7 @@ class CycleGANEngine:
                 self._load()
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
-        from nst_daemon.engines.cores import physical_cores
-
-        if not self.onnx_path.is_file():
-            raise CheckpointError(f"ONNX model {self.onnx_path} does not exist")
-        providers = provider_list(self.device, self.device_id)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.cpu_threads or physical_cores()
-        quiet = self.device == "auto" and len(providers) > 1
-        if quiet:
-            # A CUDA provider that cannot load is reported by ORT's global logger as several coloured
-            # error lines; with "auto" that is an expected outcome, logged once below instead. An
-            # explicit --device cuda keeps ORT's own explanation (missing CUDA/cuDNN libraries).
-            ort.set_default_logger_severity(4)
-        try:
-            session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
-        except Exception as exc:
-            raise CheckpointError(f"ONNX Runtime cannot load {self.onnx_path.name}: {exc}") from None
-        finally:
-            if quiet:
-                ort.set_default_logger_severity(2)  # ORT's default
-        actual = session.get_providers()[0]
-        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
-        if self.device.startswith("cuda") and actual != "CUDAExecutionProvider":
-            raise DeviceError(
-                f"device {self.device} was requested but ONNX Runtime runs {self.onnx_path.name} on "
-                f"{actual} (is the CUDA provider installed with matching CUDA and cuDNN?); "
-                "use --device auto or cpu, or run `nstd doctor`"
-            )
-        if actual != wanted:
-            log.warning(
-                "%s: %s could not start, running on %s (`nstd doctor` shows why)",
-                self.onnx_path.name,
-                wanted,
-                actual,
-            )
-        else:
-            log.info("%s runs on %s", self.onnx_path.name, actual)
+        session = open_session(self.onnx_path, self.device, self.device_id, self.cpu_threads)
         self._session = session
         self._input_name = session.get_inputs()[0].name
         # The first run allocates the arena and picks kernels; pay it at load, not in the first job.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
 from nst_daemon.engines import DeviceError
+from nst_daemon.engines.ort_session import nvidia_driver_present  # noqa: F401  (moved there)
 from nst_daemon.wording import plural
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,3 @@ def describe_torch_device(device: torch.device) -> str:
         return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
     threads = torch.get_num_threads()
     return f"cpu ({threads} thread{plural(threads)})"
-
-
-def nvidia_driver_present() -> bool:
-    """Whether an NVIDIA driver exposes a device here (/dev/nvidiactl; /dev/dxg under WSL2)."""
-    return Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()

@@ -24,5 +24,7 @@ def working_side(
         return int(explicit)
     if engine == "cyclegan":
         return settings.cyclegan.max_side
+    if engine == "adain":
+        return settings.adain.max_side
     chosen = PRESET_MAX_SIDE.get(preset or settings.nst.preset, settings.nst.max_side)
     return min(chosen, settings.nst.max_side)
