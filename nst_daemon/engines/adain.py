@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from nst_daemon.engines import Cancelled
+from nst_daemon.engines.ort_session import device_label
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -149,9 +150,7 @@ class AdaINEngine:
 
     @property
     def device_name(self) -> str:
-        return {"CUDAExecutionProvider": f"cuda:{self.device_id}", "CPUExecutionProvider": "cpu"}.get(
-            self.provider, self.provider
-        )
+        return device_label(self.provider, self.device_id)
 
     def load(self) -> None:
         from nst_daemon.engines.ort_session import open_session

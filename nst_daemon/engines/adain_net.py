@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nst_daemon.engines import CheckpointError, ConversionError
-from nst_daemon.engines.checkpoint import read_checkpoint
+from nst_daemon.engines.checkpoint import check_against, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,7 @@ def clean_state_dict(kind: str, state_dict: object) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{what}: expected a state dict of tensors, got {type(state_dict).__name__}")
     with torch.device("meta"):  # shapes only: no memory, no random init
         expected = _architecture(kind).state_dict()
-    for key, tensor in expected.items():
-        value = state_dict.get(key)
-        if value is None:
-            raise CheckpointError(f"{what}: key {key} is missing")
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{what}: {key} is not a tensor")
-        if value.shape != tensor.shape:
-            raise CheckpointError(
-                f"{what}: {key} has shape {tuple(value.shape)}, expected {tuple(tensor.shape)}"
-            )
-    unexpected = sorted(str(key) for key in set(state_dict) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"{what}: unexpected key {unexpected[0]}")
-    return {key: state_dict[key].float() for key in expected}
+    return check_against(state_dict, expected, what)
 
 
 def load_network(kind: str, checkpoint: Path | Mapping[str, torch.Tensor]) -> nn.Sequential:

@@ -22,6 +22,27 @@ def read_checkpoint(path: Path, label: str) -> object:
         raise CheckpointError(f"cannot read {label} checkpoint {path}: {exc}") from None
 
 
+def check_against(
+    state_dict: Mapping[str, object], expected: Mapping[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
+    """Every key and shape of `expected` (a meta-device state dict) present in `state_dict`, nothing more;
+    CheckpointError "<what>: ..." names the first bad key. Returns float32 tensors in `expected`'s order."""
+    for key, tensor in expected.items():
+        value = state_dict.get(key)
+        if value is None:
+            raise CheckpointError(f"{what}: key {key} is missing")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what}: {key} is not a tensor")
+        if value.shape != tensor.shape:
+            raise CheckpointError(
+                f"{what}: {key} has shape {tuple(value.shape)}, expected {tuple(tensor.shape)}"
+            )
+    unexpected = sorted(str(key) for key in set(state_dict) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{what}: unexpected key {unexpected[0]}")
+    return {key: state_dict[key].float() for key in expected}  # type: ignore[union-attr]
+
+
 UPSTREAM_LAYOUT = "the pytorch-CycleGAN-and-pix2pix resnet_9blocks layout"
 _BLOCK_KEY = re.compile(r"^model\.(\d+)\.([A-Za-z_]\w*)\.")
 

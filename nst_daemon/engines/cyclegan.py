@@ -30,8 +30,8 @@ from PIL import Image
 from torch import nn
 
 from nst_daemon.engines import Cancelled, CheckpointError, ConversionError
-from nst_daemon.engines.checkpoint import describe_foreign_generator, read_checkpoint
-from nst_daemon.engines.ort_session import open_session, provider_list  # noqa: F401  (re-exported)
+from nst_daemon.engines.checkpoint import check_against, describe_foreign_generator, read_checkpoint
+from nst_daemon.engines.ort_session import device_label, open_session, provider_list  # noqa: F401  (re-exported)
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -130,21 +130,7 @@ def clean_generator_state_dict(state_dict: Mapping[str, object]) -> dict[str, to
     }
     with torch.device("meta"):  # shapes only: no memory, no random init
         expected = ResnetGenerator().state_dict()
-    for key, tensor in expected.items():
-        value = cleaned.get(key)
-        if value is None:
-            raise CheckpointError(f"not a resnet_9blocks CycleGAN generator: key {key} is missing")
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"not a resnet_9blocks CycleGAN generator: {key} is not a tensor")
-        if value.shape != tensor.shape:
-            raise CheckpointError(
-                f"not a resnet_9blocks CycleGAN generator: {key} has shape {tuple(value.shape)}, "
-                f"expected {tuple(tensor.shape)}"
-            )
-    unexpected = sorted(set(cleaned) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"not a resnet_9blocks CycleGAN generator: unexpected key {unexpected[0]}")
-    return {key: value.float() for key, value in cleaned.items()}  # type: ignore[union-attr]
+    return check_against(cleaned, expected, "not a resnet_9blocks CycleGAN generator")
 
 
 def load_generator(checkpoint: Path | Mapping[str, torch.Tensor]) -> ResnetGenerator:
@@ -390,9 +376,7 @@ class CycleGANEngine:
 
     @property
     def device_name(self) -> str:
-        return {"CUDAExecutionProvider": f"cuda:{self.device_id}", "CPUExecutionProvider": "cpu"}.get(
-            self.provider, self.provider
-        )
+        return device_label(self.provider, self.device_id)
 
     def load(self) -> None:
         with self._load_lock:

@@ -52,6 +52,12 @@ def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict
     return providers
 
 
+def device_label(provider: str, device_id: int = 0) -> str:
+    """What a job report calls the device a session's first provider runs on ("cuda:0", "cpu")."""
+    labels = {"CUDAExecutionProvider": f"cuda:{device_id}", "CPUExecutionProvider": "cpu"}
+    return labels.get(provider, provider)
+
+
 def open_session(onnx_path: Path, device: str, device_id: int = 0, cpu_threads: int = 0) -> InferenceSession:
     """An ONNX Runtime session on the preferred provider (CUDA first under auto), checked with
     `get_providers()`: DeviceError when cuda was asked for and did not load, a logged warning when auto fell
