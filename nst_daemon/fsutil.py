@@ -28,14 +28,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
-    """Replace `path` with `data` so that a reader sees the old file or the new one, never half of it.
+def write_temporary(folder: Path, data: bytes, *, prefix: str, private: bool = False) -> Path:
+    """`data` in a new, fsynced temporary file of `folder` (`prefix`...`.tmp`), for the caller to rename or
+    link into place; removed again if writing fails.
 
     mkstemp creates files with mode 0600; results and models are no secret, so unless `private` is set
     the file gets the mode an ordinary open() would give it under the current umask.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -45,8 +45,19 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Replace `path` with `data` so that a reader sees the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temporary(path.parent, data, prefix=f".{path.name}.", private=private)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)

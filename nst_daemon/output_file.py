@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from nst_daemon.errors import NstdError
-from nst_daemon.fsutil import fsync_dir
+from nst_daemon.fsutil import fsync_dir, write_temporary
 
 
 def resolve_output(output: Path, default_name: str) -> Path:
@@ -60,17 +59,10 @@ def write_output(output: Path, data: bytes, *, force: bool = False) -> None:
     """Write `data` to `output` atomically. Without `force` a file that appeared since `check_output` is
     still not replaced: the finished file is hard-linked into place, which fails if the name is taken."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        tmp = write_temporary(output.parent, data, prefix=f".{output.name}.")
     except OSError as exc:
         raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result is the user's ordinary file
         if force:
             os.replace(tmp, output)
         else:
@@ -80,11 +72,11 @@ def write_output(output: Path, data: bytes, *, force: bool = False) -> None:
     except OSError as exc:
         raise NstdError(f"cannot write {output}: {exc.strerror or exc}") from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     fsync_dir(output.parent)
 
 
-def _link_or_create(tmp: str, output: Path, data: bytes) -> None:
+def _link_or_create(tmp: Path, output: Path, data: bytes) -> None:
     """Put the finished `tmp` at `output` unless the name is taken (FileExistsError). A file system without
     hard links (FAT on a USB stick, some network mounts) gets an exclusive create instead: not atomic, but
     it still never replaces a file."""

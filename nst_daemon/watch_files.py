@@ -12,14 +12,13 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
 
 from nst_daemon.errors import NstdError
-from nst_daemon.fsutil import fsync_dir
+from nst_daemon.fsutil import fsync_dir, write_temporary
 
 # O_NOFOLLOW: a link is refused (ELOOP), not followed anywhere on the machine. O_NONBLOCK: a FIFO opens
 # at once instead of waiting forever for a writer (fstat then refuses it); on a regular file it does
@@ -224,19 +223,7 @@ def unstage(staged: Path) -> None:
 
 def _write_temporary(folder: Path, data: bytes) -> Path:
     # A short temporary name: the final name may already take the whole NAME_MAX.
-    fd, name = tempfile.mkstemp(prefix=".nstd-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would hide a result from the user's group
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name)
+    return write_temporary(folder, data, prefix=".nstd-")
 
 
 def move_new(source: Path, folder: Path, *, beneath: Path | None = None, reserve_suffix: str = "") -> Path:
