@@ -94,15 +94,24 @@ def check_url(url: str) -> None:
 
 
 @contextlib.contextmanager
+def _lock_file(path: Path) -> Iterator[int]:
+    """The lock file's descriptor; closing it releases any flock taken on it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive flock on `path`, held across processes; `on_wait` runs once if someone else holds it.
 
     The lock file is never deleted: unlinking it while another process waits on the old inode would let a
     third process lock a new inode and run concurrently.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _lock_file(path) as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -110,24 +119,18 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
                 on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager
 def try_file_lock(path: Path) -> Iterator[bool]:
     """`file_lock` without the wait: yields False at once when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _lock_file(path) as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         yield True
-    finally:
-        os.close(fd)
 
 
 def fetch(
