@@ -195,7 +195,7 @@ class FolderWatcher:
         if problem:
             await asyncio.to_thread(self._move_to_failed, path, folder, problem)
             return
-        style = self.settings.telegram.default_style if folder == "default" else folder
+        style = self.settings.default_style if folder == "default" else folder
         request = JobRequest(
             source="folder",
             owner=str(path),
@@ -205,7 +205,7 @@ class FolderWatcher:
         )
         try:
             if folder == "default" and not style:
-                raise NstdError("no default style is configured: set telegram.default_style in the config")
+                raise NstdError("no default style is configured: set [styles] default in the config")
             request.content = await asyncio.to_thread(path.read_bytes)
             if folder == "nst":
                 request.style_images = await asyncio.to_thread(self._style_images)
