@@ -44,15 +44,14 @@ LOW_DISK_BYTES = 2 * 1024**3
 GET_ME_TIMEOUT_S = 10.0
 # CPU seconds of one multi-style NST photo with `nstd stylize --device cpu` on one thread (random-init VGG19:
 # the same compute as the real weights; a 1200 x 900 photo), at each preset's own size: one core's time.
-# Two quiet cores take about two thirds of it. fast and balanced were measured (README, "NST on a CPU-only
-# machine"); best is balanced scaled by its pixel-steps (4.7x), which also predicts the issue's 9.5 min for
-# best at 512 on 2 cores.
+# Two quiet cores take about 3/4 of it. fast, balanced and best at 512 px were measured (README, "NST on a
+# CPU-only machine"); best at 768 px is best at 512 scaled by its pixel-steps (2.25x).
 CPU_NST_COST_S: dict[str, tuple[int, float]] = {
     "fast": (256, 17.0),
     "balanced": (512, 431.0),
-    "best": (768, 2000.0),
+    "best": (768, 1600.0),
 }
-CPU_NST_MEASURED_ON = "on one core; 2 quiet cores take about 2/3 of it, a busy machine longer"
+CPU_NST_MEASURED_ON = "on one core; 2 quiet cores take about 3/4 of it, a busy machine longer"
 BOTFATHER_FIX = (
     "get the current token from @BotFather (/mybots, choose the bot, API Token) and put it in {where}"
 )
