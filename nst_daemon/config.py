@@ -7,6 +7,7 @@ built-in defaults when no file exists) are relative to the working directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from nst_daemon.errors import NstdError
 from nst_daemon.style_names import normalize_style
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "NSTD_"
 CYCLEGAN_STYLES = ("monet", "cezanne", "ukiyoe", "vangogh", "summer2winter", "winter2summer")
@@ -55,16 +58,33 @@ class TelegramSettings(_Section):
     @field_validator("default_style")
     @classmethod
     def _known_style(cls, value: str) -> str:
-        value = normalize_style(value)
-        if value and value not in CYCLEGAN_STYLES:
-            raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)} or empty")
-        return value
+        return _known_style(value)
+
+
+def _known_style(value: str) -> str:
+    value = normalize_style(value)
+    if value and value not in CYCLEGAN_STYLES:
+        raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)} or empty")
+    return value
+
+
+class StylesSettings(_Section):
+    # The style for a photo that names none: a bot photo without a caption and the folder's inbox/default/.
+    # It lives here, not under [telegram], because the folder reads it too.
+    default: str = ""
+
+    @field_validator("default")
+    @classmethod
+    def _known_style(cls, value: str) -> str:
+        return _known_style(value)
 
 
 class ModelsSettings(_Section):
     mirror: str = ""
     catalog: Path | None = None
     idle_unload_s: float = Field(default=600.0, ge=0)
+    # Which missing models `nstd run` downloads before it starts serving; see firstrun.py.
+    pull_on_start: Literal["auto", "all", "styles", "none"] = "none"
 
     @field_validator("mirror")
     @classmethod
@@ -134,6 +154,7 @@ class DaemonSettings(_Section):
 class Settings(_Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    styles: StylesSettings = Field(default_factory=StylesSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     images: ImagesSettings = Field(default_factory=ImagesSettings)
@@ -154,6 +175,11 @@ class Settings(_Section):
     @property
     def store_root(self) -> Path:
         return self.store.root or self.paths.state_dir / "objects"
+
+    @property
+    def default_style(self) -> str:
+        """The style for a photo that names none; `telegram.default_style` is its deprecated old home."""
+        return self.styles.default or self.telegram.default_style
 
     def telegram_token(self) -> str | None:
         """The bot token from `telegram.token` or `telegram.token_file`, or None when neither is set."""
@@ -233,7 +259,27 @@ def load_settings(explicit: Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(_describe(exc, origin, path)) from None
     settings.source = path
     settings = _resolve_defaults(settings, path.parent.resolve() if path else Path.cwd())
+    _note_deprecated(settings, origin)
     return settings
+
+
+def _note_deprecated(settings: Settings, origin: dict[tuple[str, str], str]) -> None:
+    where = origin.get(("telegram", "default_style"))
+    if where is None or not settings.telegram.default_style:
+        return
+    if settings.styles.default:
+        log.warning(
+            "%s: telegram.default_style is deprecated and ignored: styles.default (%s) is set",
+            where,
+            settings.styles.default,
+        )
+    else:
+        log.warning(
+            "%s: telegram.default_style is deprecated: move it to [styles] default = %r "
+            "(it applies to the bot and the folder's inbox/default/)",
+            where,
+            settings.telegram.default_style,
+        )
 
 
 def _check_shape(raw: dict[str, Any], path: Path) -> None:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from nst_daemon import db as database
+from nst_daemon import firstrun
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
 from nst_daemon.jobs import JobQueue, Runner
@@ -60,6 +61,8 @@ class Daemon:
 
             self._runner = ProcessRunner(settings)
         self.queue = JobQueue(db, store, settings.store.bucket, settings, self._runner)
+        if not await firstrun.pull_missing(settings, self.stop_event, self.notifier):
+            return  # stopped during the download; serve() shuts down at once
         self._report_missing_models()
         await self.queue.recover()
 
@@ -78,7 +81,11 @@ class Daemon:
             await self.bot.start()
             self._spawn(self.bot.run(), "telegram polling")
         else:
-            log.info("no Telegram token configured: running without the bot (folder and command line only)")
+            log.info(
+                "no Telegram token configured: running without the bot; to add one, "
+                "export NSTD_TELEGRAM__TOKEN=123456:ABC... (from @BotFather) or set telegram.token_file, "
+                "then restart"
+            )
 
         self._spawn(self.queue.run_worker(), "worker")
         self._spawn(self.queue.redelivery_loop(), "redelivery")
@@ -87,13 +94,19 @@ class Daemon:
         self._spawn(self._status_loop(), "status")
         if self.notifier.watchdog_s:
             self._spawn(self._watchdog_loop(self.notifier.watchdog_s), "watchdog")
+        # Last, so that they are the lines a newcomer reads: what to do now.
+        for line in await asyncio.to_thread(firstrun.ready_lines, settings):
+            log.info("%s", line)
 
     def _report_missing_models(self) -> None:
         installed = read_manifest(self.settings.paths.models_dir)
         if not installed:
-            log.warning("no models are installed: run `nstd models pull` (jobs fail until then)")
-        elif "vgg19" not in installed:
-            log.warning("vgg19 is not installed: multi-style NST jobs fail until `nstd models pull vgg19`")
+            log.warning(
+                "no models are installed: run `nstd models pull` (jobs fail until then; offline: "
+                "`nstd models pull --mirror URL` or `nstd models import NAME FILE`)"
+            )
+        # A missing vgg19 alone is reported with the last start-up lines (firstrun.ready_lines): on a CPU
+        # it is left out on purpose.
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)

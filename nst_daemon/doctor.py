@@ -42,6 +42,16 @@ SERVICE_NAME = "nstd.service"
 LOW_VRAM_MIB = 1536  # Gatys NST at 512 px needs about this much on a 4 GB card
 LOW_DISK_BYTES = 2 * 1024**3
 GET_ME_TIMEOUT_S = 10.0
+# CPU seconds of one multi-style NST photo with `nstd stylize --device cpu` on one thread (random-init VGG19:
+# the same compute as the real weights; a 1200 x 900 photo), at each preset's own size: one core's time.
+# Two quiet cores take about 3/4 of it. fast, balanced and best at 512 px were measured (README, "NST on a
+# CPU-only machine"); best at 768 px is best at 512 scaled by its pixel-steps (2.25x).
+CPU_NST_COST_S: dict[str, tuple[int, float]] = {
+    "fast": (256, 17.0),
+    "balanced": (512, 431.0),
+    "best": (768, 1600.0),
+}
+CPU_NST_MEASURED_ON = "on one core; 2 quiet cores take about 3/4 of it, a busy machine longer"
 BOTFATHER_FIX = (
     "get the current token from @BotFather (/mybots, choose the bot, API Token) and put it in {where}"
 )
@@ -331,12 +341,16 @@ def check_gpu_stack(settings: Settings | None) -> list[Check]:
                 f"{torch.device_names[0]}, compute capability {gpu.format_cc(cc)} (seen by torch)",
             )
         )
+    elif not smi_failed and settings is not None and cpu_by_choice(settings):
+        # Both engines are set to the CPU: a missing GPU is what the owner asked for, not a problem.
+        checks.append(ok("NVIDIA GPU", "none found; none needed: nst.device and cyclegan.device are cpu"))
     elif not smi_failed:
         checks.append(
             warning(
                 "NVIDIA GPU",
                 "no NVIDIA GPU found (nvidia-smi is missing or lists none): nstd runs on the CPU, slowly",
-                "install the NVIDIA driver so that `nvidia-smi` works, then run `nstd doctor` again",
+                "install the NVIDIA driver so that `nvidia-smi` works, then run `nstd doctor` again; "
+                "on a machine without one, set nst.device and cyclegan.device to cpu",
             )
         )
     has_gpu = bool(gpus) or bool(torch.device_caps)
@@ -345,7 +359,38 @@ def check_gpu_stack(settings: Settings | None) -> list[Check]:
     checks.append(check_onnxruntime(gpu.ort_facts(), cc if has_gpu else None, has_gpu))
     if gpus and gpus[0].memory_free_mib is not None:
         checks.append(check_vram(gpus, settings))
+    if settings is not None and (not has_gpu or settings.nst.device == "cpu"):
+        checks.append(check_cpu_nst(settings))
     return checks
+
+
+def cpu_by_choice(settings: Settings) -> bool:
+    return settings.nst.device == "cpu" and settings.cyclegan.device == "cpu"
+
+
+def check_cpu_nst(settings: Settings) -> Check:
+    """What a multi-style NST photo costs on the CPU at each preset, and the settings that finish."""
+    name = "NST on the CPU"
+    costs = ", ".join(
+        f"{preset} ({side} px) {_duration(seconds)}" for preset, (side, seconds) in CPU_NST_COST_S.items()
+    )
+    detail = (
+        f"one photo takes about {costs} ({CPU_NST_MEASURED_ON}); the CycleGAN styles take seconds; "
+        f"now: nst.preset = {settings.nst.preset}, nst.max_side = {settings.nst.max_side}"
+    )
+    suggestion = (
+        'for a result in minutes set nst.preset = "fast" (and, on a busy machine, nst.cpu_threads to the '
+        "cores nstd may use), or use the CycleGAN styles"
+    )
+    if settings.nst.preset == "best":  # three scales of 300 steps: the one that does not finish in time
+        return warning(name, detail, suggestion)
+    if settings.nst.preset == "balanced":
+        return ok(name, f"{detail}; {suggestion}")
+    return ok(name, detail)
+
+
+def _duration(seconds: float) -> str:
+    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
 
 
 def format_cc_or(cc: gpu.CC | None, fallback: gpu.CC | None) -> str:
@@ -507,7 +552,9 @@ def check_models(settings: Settings) -> Check:
         return error("models", f"no models installed {where}", pull)
     backbone = [status.name for status in statuses if status.kind == "vgg19" and status.name in missing]
     if backbone:
-        return error(
+        # A warning, not an error: the CycleGAN styles work, and on a CPU-only machine leaving VGG19 out
+        # is the default (models.pull_on_start = "auto").
+        return warning(
             "models",
             f"{backbone[0]} is not installed, so multi-style NST cannot run; missing: {', '.join(missing)} "
             f"({where})",

@@ -1,13 +1,21 @@
-"""Plain log lines on stderr (journald adds timestamps), with secrets redacted from every record."""
+"""Log lines on stderr, with secrets redacted from every record.
+
+Under systemd the journal stamps each line itself, so lines carry no time of their own there; anywhere else
+(a terminal, a file, a pipe) each line starts with the local time.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import TextIO
 
 from nst_daemon.config import mask_token
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+TIMED_FORMAT = "%(asctime)s " + FORMAT
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class RedactSecrets(logging.Filter):
@@ -42,9 +50,32 @@ class RedactSecrets(logging.Filter):
 redactor = RedactSecrets()
 
 
+def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
+    """Whether `stream` is connected to the journal: systemd sets JOURNAL_STREAM to its "device:inode".
+
+    Comparing the numbers, not just testing the variable, matters: a child started by a service inherits
+    the variable even when its stderr was redirected to a file.
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+def formatter_for(stream: TextIO) -> logging.Formatter:
+    if stream_is_journal(stream):
+        return logging.Formatter(FORMAT)
+    return logging.Formatter(TIMED_FORMAT, DATE_FORMAT)
+
+
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(formatter_for(sys.stderr))
     handler.addFilter(redactor)
     root = logging.getLogger()
     for existing in list(root.handlers):

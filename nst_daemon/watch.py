@@ -226,7 +226,7 @@ class FolderWatcher:
         if problem:
             await asyncio.to_thread(self._move_to_failed, path, folder, problem)
             return
-        style = self.settings.telegram.default_style if folder == "default" else folder
+        style = self.settings.default_style if folder == "default" else folder
         request = JobRequest(
             source="folder",
             owner=str(path),
@@ -237,7 +237,7 @@ class FolderWatcher:
         style_names: list[str] = []
         try:
             if folder == "default" and not style:
-                raise NstdError("no default style is configured: set telegram.default_style in the config")
+                raise NstdError("no default style is configured: set [styles] default in the config")
             # The one read of the dropped file: what it is and how large is checked on the opened file.
             request.content = await asyncio.to_thread(
                 read_dropped_file, path, self._max_bytes, beneath=self.inbox

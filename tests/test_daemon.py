@@ -162,7 +162,10 @@ def test_missing_models_at_start_is_one_clear_line(tmp_path: Path, daemon_proces
     config.write_text(f'[paths]\nstate_dir = "{tmp_path / "s"}"\nmodels_dir = "{tmp_path / "m"}"\n')
     daemon = daemon_process(config).start()
     assert "no models are installed: run `nstd models pull`" in daemon.log
-    assert "no Telegram token configured" in daemon.log
+    # One line that says how to add a token, and the last lines say nothing is ready yet.
+    (token_line,) = [line for line in daemon.lines if "no Telegram token configured" in line]
+    assert "NSTD_TELEGRAM__TOKEN=" in token_line and "telegram.token_file" in token_line
+    assert "no style is ready yet" in daemon.log
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log
 

@@ -356,11 +356,12 @@ def test_missing_styles_are_a_warning_naming_them(tmp_path: Path, facts) -> None
     )
 
 
-def test_missing_vgg19_is_an_error(tmp_path: Path, facts) -> None:
+def test_missing_vgg19_alone_is_a_warning(tmp_path: Path, facts) -> None:
+    # The CycleGAN styles work without it, and a CPU-only first run leaves it out on purpose.
     config = write_config(tmp_path)
     install_models(tmp_path / "models", MODEL_NAMES[1:])
     check = checks_of(config)["models"]
-    assert check.status == "error"
+    assert check.status == "warning"
     assert "vgg19 is not installed" in check.detail
     assert "nstd models pull vgg19" in check.fix
 
@@ -589,6 +590,34 @@ def test_driver_without_a_gpu_is_no_gpu(tmp_path: Path, monkeypatch: pytest.Monk
     check = checks_of(write_config(tmp_path))["NVIDIA GPU"]
     assert check.status == "warning"
     assert "no NVIDIA GPU found" in check.detail
+
+
+def test_no_gpu_with_both_devices_on_the_cpu_is_information(tmp_path: Path, facts) -> None:
+    config = write_config(tmp_path, extra='[nst]\ndevice = "cpu"\n[cyclegan]\ndevice = "cpu"\n')
+    check = checks_of(config)["NVIDIA GPU"]
+    assert check.status == "ok"
+    assert "none needed" in check.detail and "driver" not in check.detail + check.fix
+    # With "auto" a missing GPU may be a missing driver: still worth a warning.
+    assert checks_of(write_config(tmp_path))["NVIDIA GPU"].status == "warning"
+
+
+@pytest.mark.parametrize(("preset", "status"), [("fast", "ok"), ("balanced", "ok"), ("best", "warning")])
+def test_cpu_only_says_what_each_preset_costs(tmp_path: Path, facts, preset: str, status: str) -> None:
+    config = write_config(tmp_path, extra=f'[nst]\npreset = "{preset}"\n')
+    check = checks_of(config)["NST on the CPU"]
+    assert check.status == status
+    for name, (side, seconds) in doctor.CPU_NST_COST_S.items():
+        assert f"{name} ({side} px) ~" in check.detail and seconds > 0
+    assert f"nst.preset = {preset}" in check.detail
+    # Anything slower than fast is steered towards it: as a warning for best, as advice for balanced.
+    advice = check.fix if status == "warning" else check.detail
+    assert ('nst.preset = "fast"' in advice) == (preset != "fast")
+
+
+def test_the_cpu_cost_row_is_only_for_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, facts) -> None:
+    fake_nvidia_smi(tmp_path, monkeypatch, RTX_4070)
+    facts(torch=torch_cuda(CU128_ARCHS), ort=ort_active("1.31.1"))
+    assert "NST on the CPU" not in checks_of(write_config(tmp_path))
 
 
 def test_missing_uvm_node_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, facts) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nst_daemon.errors import Cancelled, NstdError
 
-# User-facing style -> catalog model name (the contract in docs/design.md).
+# User-facing style -> catalog model name (a contract: the README's Models table and models/catalog.toml).
 STYLE_MODELS: dict[str, str] = {
     "monet": "style_monet",
     "cezanne": "style_cezanne",

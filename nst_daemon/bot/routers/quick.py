@@ -92,8 +92,8 @@ async def photo(
             return
     elif current == Quick.waiting_photo.state:
         style = data.get("style")
-    elif services.settings.telegram.default_style:
-        style = services.settings.telegram.default_style
+    elif services.settings.default_style:
+        style = services.settings.default_style
 
     if style is None:
         await state.set_state(Quick.choosing_style)

@@ -18,12 +18,12 @@ async def start(message: Message, state: FSMContext, services: Services) -> None
         await message.answer(texts.ALREADY_IN_FLOW.format(what=what))
         return
     await message.answer(
-        texts.welcome(services.settings.telegram.default_style), reply_markup=keyboards.styles_keyboard()
+        texts.welcome(services.settings.default_style), reply_markup=keyboards.styles_keyboard()
     )
 
 
 async def help_command(message: Message, services: Services) -> None:
-    await message.answer(texts.help_text(services.settings.telegram.default_style))
+    await message.answer(texts.help_text(services.settings.default_style))
 
 
 def router() -> Router:
