@@ -267,3 +267,35 @@ def test_the_style_record_survives_a_reopen(tmp_path: Path, adain_models: Path, 
     style = named_styles.add(settings, database, open_store(settings), "Keep", [first], strength=0.25)
     again = named_styles.get(db.connect(settings.db_path), "keep")
     assert again == style and again.params == {"style_name": "keep", "strength": 0.25}
+
+
+def test_the_runner_gives_an_nst_style_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A named NST style's job carries `style_weights` in its params (NamedStyle.params); the runner hands
+    them to the NST engine as it does for AdaIN."""
+    import io
+    import threading
+    from types import SimpleNamespace
+
+    from nst_daemon.config import Settings
+    from nst_daemon.jobs import Job
+    from nst_daemon.runner import EngineRunner
+
+    calls: list[dict] = []
+
+    def fake_stylize(content: Image.Image, styles: list[Image.Image], **options: object) -> SimpleNamespace:
+        calls.append(options)
+        return SimpleNamespace(image=content, device="cpu", steps=1, scales=1, losses={}, oom_retries=0)
+
+    runner = EngineRunner(Settings.model_validate({"paths": {"state_dir": str(tmp_path)}}))
+    monkeypatch.setattr(runner, "_engine", lambda model: SimpleNamespace(stylize=fake_stylize))
+    style = named_styles.NamedStyle("two", "nst", None, [3.0, 1.0], ["a", "b"], 0.0)
+    job = Job(
+        id=1, source="folder", owner="t", engine="nst", styles=["two"], params=style.params, state="running",
+        progress=0.0, attempts=1, error=None, input_keys=["c", "a", "b"], output_key=None, delivery="pending",
+        delivery_attempts=0, reply={}, created_at=time.time(), started_at=None, finished_at=None,
+    )  # fmt: skip
+    buffer = io.BytesIO()
+    random_image((40, 30), seed=5).save(buffer, "PNG")
+    data = buffer.getvalue()
+    runner.run(job, data, [data, data], lambda fraction: None, threading.Event())
+    assert calls[0]["weights"] == [3.0, 1.0]
