@@ -382,10 +382,14 @@ def styles_add(
         weights=style_weight or None,
         force=force,
     )
-    inbox = create_style_folders(current, style.name)
+    where = f"use `nstd stylize --style {style.name}`"
+    if current.watch.enabled:  # a disabled folder gets its inbox/NAME/ when the daemon creates the rest
+        try:
+            where += f" or drop photos in {create_style_folders(current, style.name)}"
+        except NstdError as exc:  # the style is saved all the same; the daemon retries at its start
+            err_console.print(f"note: {exc.message}", highlight=False, soft_wrap=True)
     console.print(
-        f"style {style.name} saved: {len(style.image_keys)} image(s), {style.engine}; "
-        f"use `nstd stylize --style {style.name}` or drop photos in {inbox}",
+        f"style {style.name} saved: {len(style.image_keys)} image(s), {style.engine}; {where}",
         highlight=False,
         soft_wrap=True,
     )

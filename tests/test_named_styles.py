@@ -79,7 +79,7 @@ def stored_keys(tmp_path: Path) -> list[str]:
 
 def test_add_list_remove(adain_models: Path, images, tmp_path: Path) -> None:
     _, first, second = images
-    config = make_config(tmp_path, adain_models)
+    config = make_config(tmp_path, adain_models, watch={"enabled": True})
     out = ok(
         nstd(config, "styles", "add", "My Style", first, second, "--strength", "0.6",
              "--style-weight", "3", "--style-weight", "1")
@@ -171,6 +171,7 @@ def test_other_refusals_are_one_line(adain_models: Path, images, tmp_path: Path)
         line == "error: style 'mine' already exists: `nstd styles remove mine` first, or add it with --force"
     )
     assert stored_keys(tmp_path) == old
+    assert not (tmp_path / "watch").exists()  # watch.enabled is false here: no folders made for nothing
     ok(nstd(config, "styles", "add", "mine", second, "--force"))
     new = stored_keys(tmp_path)
     assert len(new) == 1 and new != old and new[0].endswith(".jpg")
@@ -299,3 +300,30 @@ def test_the_runner_gives_an_nst_style_its_weights(tmp_path: Path, monkeypatch: 
     data = buffer.getvalue()
     runner.run(job, data, [data, data], lambda fraction: None, threading.Event())
     assert calls[0]["weights"] == [3.0, 1.0]
+
+
+def test_a_default_style_that_names_no_style_fails_the_file_with_its_reason(
+    adain_models: Path, images, tmp_path: Path
+) -> None:
+    photo, _, _ = images
+    config = make_config(tmp_path, adain_models, watch={"enabled": True}, telegram={"default_style": "ghost"})
+    settings = load_settings(config)
+    failed = settings.watch.dir / "failed" / "default" / "plain.png.error.txt"
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        try:
+            (settings.watch.dir / "inbox" / "default" / "plain.png").write_bytes(photo.read_bytes())
+            deadline = time.monotonic() + 60
+            while not failed.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+
+    asyncio.run(scenario())
+    assert failed.read_text() == (
+        "the default style 'ghost' is neither a built-in style nor a named style (`nstd styles list`)\n"
+    )
+    assert (settings.watch.dir / "failed" / "default" / "plain.png").read_bytes() == photo.read_bytes()
