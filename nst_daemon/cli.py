@@ -186,7 +186,8 @@ def stylize(
     style: Annotated[
         str | None,
         typer.Option(
-            help="A pretrained style: monet, cezanne, ukiyoe, vangogh, summer2winter, winter2summer.",
+            help="A pretrained style (monet, cezanne, ukiyoe, vangogh, summer2winter, winter2summer) or a "
+            "named style (nstd styles list).",
             metavar="STYLE",
         ),
     ] = None,
