@@ -63,8 +63,10 @@ class TelegramSettings(_Section):
 
 def _known_style(value: str) -> str:
     value = normalize_style(value)
-    if value and value not in CYCLEGAN_STYLES:
-        raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)} or empty")
+    # A named style (`nstd styles add`) may be the default too: it lives in the database, so the watched
+    # folder and the bot check it when they use it. Only the reserved folder names are wrong here.
+    if value in ("default", "nst", "instant"):
+        raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)}, a named style, or empty")
     return value
 
 

@@ -73,8 +73,28 @@ def _v2_telegram_updates(db: sqlite_utils.Database) -> None:
     db["telegram_updates"].create_index(["state", "update_id"])
 
 
+def _v3_named_styles(db: sqlite_utils.Database) -> None:
+    # Named styles (nst_daemon/named_styles.py): the record; the images live in the object store.
+    db["styles"].create(
+        {
+            "name": str,  # normalised (style_names.normalize_style); never a built-in or reserved name
+            "engine": str,  # adain | nst
+            "strength": float,  # AdaIN's alpha; NULL: 1 (adain) or none (nst)
+            "weights": str,  # JSON list, one per image; NULL: equal
+            "image_keys": str,  # JSON list of object store keys, styles/<name>/<version>/<n>.<ext>
+            "updated_at": float,
+        },
+        pk="name",
+        not_null={"engine", "image_keys", "updated_at"},
+    )
+
+
 # Append only: each function moves the schema from version N to N + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_telegram_updates]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_initial,
+    _v2_telegram_updates,
+    _v3_named_styles,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -182,7 +182,12 @@ class EngineRunner:
             seed=self.settings.nst.seed,
         )
         result = engine.stylize(
-            content, styles, options=options, progress=lambda update: progress(update.fraction), cancel=cancel
+            content,
+            styles,
+            weights=job.params.get("style_weights"),  # a named style's, one per image
+            options=options,
+            progress=lambda update: progress(update.fraction),
+            cancel=cancel,
         )
         report = {
             "device": result.device,

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nst_daemon import imaging, named_styles
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
 from nst_daemon.engines.presets import working_side
@@ -50,16 +51,31 @@ def run(
 
     Style images go to `engine` (adain | nst; default: `default_engine`). `strength` (0..1) is AdaIN's α;
     `style_weights`, one per style image, are normalised to sum to 1."""
-    from nst_daemon import imaging
     from nst_daemon.engines import NST_BACKBONE, STYLE_MODELS
     from nst_daemon.engines.adain import check_strength, normalized_weights
 
     if (style is None) == (not style_images):
         raise NstdError("give exactly one of --style STYLE or --style-image PATH (repeatable)")
     key = normalize_style(style) if style is not None else None
+    # The style images: the files given, or a named style's images from the object store.
+    sources: list[Path | bytes] = list(style_images)
+    label = None
     if key is not None and key not in STYLE_MODELS:
-        raise UnknownStyle(style or "", CYCLEGAN_STYLES)
-    if key is not None:
+        named = named_styles.find(settings, key)
+        if named is None:
+            raise UnknownStyle(style or "", [*CYCLEGAN_STYLES, *_named_names(settings)])
+        for given, option in ((engine, "--engine"), (style_weights, "--style-weight")):
+            if given is not None:
+                raise NstdError(f"{option} does not apply to {key}: a named style has its own")
+        if strength is not None and named.engine != "adain":
+            raise NstdError(f"--strength applies to AdaIN styles only; {key} uses NST")
+        engine, style_weights, label = named.engine, named.weights, named.name
+        strength = strength if strength is not None else named.strength
+        from nst_daemon.store import open_store
+
+        sources = list(named_styles.load_images(settings, open_store(settings), named))
+        key = None
+    elif key is not None:
         for given, option in (
             (engine, "--engine"),
             (strength, "--strength"),
@@ -67,7 +83,7 @@ def run(
         ):
             if given is not None:
                 raise NstdError(f"{option} applies to --style-image only; {key} is a pretrained style")
-    else:
+    if key is None:
         chosen = engine is None and _both_installed(settings)  # the machine decided: say which and why
         engine = engine or default_engine(settings, device)
         if strength is not None:
@@ -76,10 +92,10 @@ def run(
                 # NST and CycleGAN have no strength yet (a blend with the content comes in a later round).
                 raise NstdError("--strength applies to --engine adain only")
         if style_weights is not None:
-            normalized_weights(style_weights, len(style_images))
-        if chosen:
+            normalized_weights(style_weights, len(sources))
+        if chosen and label is None:
             console.print(f"engine: {engine} ({_ENGINE_NOTES[engine]})", style="dim", highlight=False)
-    output = resolve_output(output, _default_name(input, key or engine or "nst"))
+    output = resolve_output(output, _default_name(input, key or label or engine or "nst"))
     output_format = imaging.format_for_path(output)
     check_output(output, inputs=[input, *style_images], force=force)
     models_dir = settings.paths.models_dir
@@ -106,7 +122,7 @@ def run(
         side = working_side(settings, "adain", explicit=max_side)
         content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
         to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
-        styles = [imaging.load_image_file(path, **limits, final_size=to_area) for path in style_images]
+        styles = _load_styles(sources, limits, to_area, label)
         missing = [name for name in ADAIN_MODELS if not _installed(models_dir, name)]
         if len(missing) > 1:
             raise NstdError(
@@ -122,7 +138,7 @@ def run(
         side = working_side(settings, "nst", preset=preset, explicit=max_side)
         content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
         to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
-        styles = [imaging.load_image_file(path, **limits, final_size=to_area) for path in style_images]
+        styles = _load_styles(sources, limits, to_area, label)
         model = runnable_path(models_dir, NST_BACKBONE)
         result, used = _nst(
             settings,
@@ -142,6 +158,30 @@ def run(
     elapsed = time.perf_counter() - started
     width, height = result.size
     console.print(f"wrote {output} ({width}×{height}) in {elapsed:.1f} s on {used}", highlight=False)
+
+
+def _load_styles(
+    sources: list[Path | bytes], limits: dict, to_area: imaging.SizeRule, label: str | None
+) -> list[Image.Image]:
+    """Style files, or a named style's stored images (an error names the style and the image)."""
+    styles = []
+    for index, source in enumerate(sources, start=1):
+        if isinstance(source, Path):
+            styles.append(imaging.load_image_file(source, **limits, final_size=to_area))
+            continue
+        try:
+            styles.append(imaging.load_image(source, **limits, final_size=to_area))
+        except imaging.ImageError as exc:
+            raise NstdError(f"style {label} image {index}: {exc.message}") from None
+    return styles
+
+
+def _named_names(settings: Settings) -> list[str]:
+    from nst_daemon import db
+
+    if not settings.db_path.exists():
+        return []
+    return [style.name for style in named_styles.list_styles(db.connect(settings.db_path))]
 
 
 _ENGINE_NOTES = {

@@ -18,11 +18,13 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from nst_daemon import named_styles
 from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir
 from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest
+from nst_daemon.style_names import normalize_style
 from nst_daemon.watch_files import (
     RefusedFile,
     find_published,
@@ -60,7 +62,20 @@ def _label(folder: str, name: str) -> str:
 
 def _misplaced(folder: str) -> str:
     where = f"inbox/{folder}/ is not a style folder" if folder else "inbox/ itself is not a style folder"
-    return f"{where}; put images in inbox/<style>/, one of: {', '.join(STYLE_FOLDERS)}"
+    return (
+        f"{where}; put images in inbox/<style>/, one of: {', '.join(STYLE_FOLDERS)}, "
+        "or a named style (`nstd styles list`)"
+    )
+
+
+def create_style_folders(settings: Settings, name: str) -> Path:
+    """inbox/, outbox/, done/ and failed/ NAME for a named style; returns the inbox one. `nstd styles add`
+    calls it, so the folder is there at once, even while the daemon runs: its watch is recursive and the
+    claim looks the style up in the database, so the daemon needs no telling."""
+    root = settings.watch.dir
+    for top in ("inbox", "outbox", "done", "failed"):
+        ensure_dir(root / top / name, "a folder of the watched folder (watch.dir)")
+    return root / "inbox" / name
 
 
 class _Events(FileSystemEventHandler):
@@ -103,6 +118,8 @@ class FolderWatcher:
             for style in STYLE_FOLDERS:
                 ensure_dir(self.root / top / style, what)
         ensure_dir(self.root / "styles", what)
+        for named in named_styles.list_styles(self.queue.db):
+            create_style_folders(self.settings, named.name)
 
     async def start(self) -> None:
         self.create_folders()
@@ -221,12 +238,16 @@ class FolderWatcher:
 
     async def _claim(self, path: Path, folder: str) -> None:
         problem = self._problem_with(path)
-        if not problem and folder not in STYLE_FOLDERS:
+        # A named style is looked up at each claim: one added while the daemon runs works at once.
+        named = None if problem or folder in STYLE_FOLDERS else self._named_style(folder)
+        if not problem and folder not in STYLE_FOLDERS and named is None:
             problem = _misplaced(folder)
         if problem:
             await asyncio.to_thread(self._move_to_failed, path, folder, problem)
             return
         style = self.settings.default_style if folder == "default" else folder
+        if folder == "default" and style and style not in CYCLEGAN_STYLES:
+            named = self._named_style(style)  # the default may name a named style
         request = JobRequest(
             source="folder",
             owner=str(path),
@@ -238,11 +259,22 @@ class FolderWatcher:
         try:
             if folder == "default" and not style:
                 raise NstdError("no default style is configured: set [styles] default in the config")
+            if folder == "default" and style not in CYCLEGAN_STYLES and named is None:
+                raise NstdError(
+                    f"the default style {style!r} is neither a built-in style nor a named style "
+                    "(`nstd styles list`)"
+                )
             # The one read of the dropped file: what it is and how large is checked on the opened file.
             request.content = await asyncio.to_thread(
                 read_dropped_file, path, self._max_bytes, beneath=self.inbox
             )
-            if folder == "nst":
+            if named is not None:
+                request.engine, request.styles, request.params = named.engine, [named.name], named.params
+                request.style_images = await asyncio.to_thread(
+                    named_styles.load_images, self.settings, self.queue.store, named
+                )
+                style_names = [f"{named.name} image {n}" for n in range(1, len(request.style_images) + 1)]
+            elif folder == "nst":
                 style_names, request.style_images = await asyncio.to_thread(self._style_images)
             else:
                 request.styles = [style]
@@ -263,6 +295,10 @@ class FolderWatcher:
             )
             return
         log.info("watch: %s -> job %s", _label(folder, path.name), job.id)
+
+    def _named_style(self, folder: str) -> named_styles.NamedStyle | None:
+        name = normalize_style(folder)
+        return named_styles.get(self.queue.db, name) if name else None
 
     @property
     def _max_bytes(self) -> int:
@@ -336,7 +372,7 @@ class FolderWatcher:
         published = find_published(staged)
         if published is None:
             stage(staged, result)
-            label = job.styles[0] if job.engine == "cyclegan" else "nst"
+            label = job.params.get("style_name") or (job.styles[0] if job.engine == "cyclegan" else "nst")
             stem, _suffix = split_name(job.reply["name"])
             # Never the name of an existing file: the same photo dropped twice gets two results.
             published = publish(staged, stem, f".{label}.jpg")

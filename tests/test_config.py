@@ -114,7 +114,7 @@ def test_relative_path_from_environment_is_relative_to_cwd(isolated: Path) -> No
         ("[nst]\ncpu_threads = -1\n", "nst.cpu_threads"),
         ("[cyclegan]\ncpu_threads = 'all'\n", "cyclegan.cpu_threads"),
         ("[telegram]\napi_base = 'ftp://x'\n", "telegram.api_base"),
-        ("[telegram]\ndefault_style = 'picasso'\n", "telegram.default_style"),
+        ("[telegram]\ndefault_style = 'nst'\n", "telegram.default_style"),
         ("[telegram]\nallowed_users = ['bob']\n", "telegram.allowed_users"),
         ("[store]\nbackend = 'gcs'\n", "store.backend"),
         ("[watch]\nenabled = 'maybe'\n", "watch.enabled"),

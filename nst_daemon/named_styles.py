@@ -1,0 +1,269 @@
+"""Named styles: one or more style images (with optional weights), an engine and a strength, saved under a
+name that works wherever a built-in style does (`nstd stylize --style NAME`, the watched folder's
+`inbox/NAME/`, the default style).
+
+The record lives in SQLite (the `styles` table), the images in the object store under
+`styles/<name>/<version>/<n>.<ext>`: a replacement (`--force`) writes a new version before the record
+points at it, so a failure half-way never leaves a style whose images are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nst_daemon import imaging
+from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
+from nst_daemon.errors import ModelNotInstalled, NstdError
+from nst_daemon.manifest import runnable_path
+from nst_daemon.style_names import normalize_style
+
+if TYPE_CHECKING:
+    import sqlite_utils
+    from rich.console import Console
+
+ENGINES = ("adain", "nst")
+# Folder names of the watched folder's inbox/ that mean something already; a named style may not take one.
+RESERVED_NAMES = ("default", "nst", "instant")
+MAX_NAME = 40
+KEY_PREFIX = "styles/"
+
+
+class StyleRefused(NstdError):
+    """A named style that cannot be saved or used; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class NamedStyle:
+    name: str
+    engine: str  # adain | nst
+    strength: float | None  # AdaIN's α; None for NST (it has no strength yet)
+    weights: list[float] | None  # one per image, as given (normalised when used); None: equal
+    image_keys: list[str]
+    updated_at: float
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """A job's params for this style (the runner's adain/nst keys), and its name for labels."""
+        params: dict[str, Any] = {"style_name": self.name}
+        if self.strength is not None:
+            params["strength"] = self.strength
+        if self.weights is not None:
+            params["style_weights"] = list(self.weights)
+        return params
+
+
+def check_name(text: str) -> str:
+    """The style's name in the project's one spelling (style_names.normalize_style), or a one-line refusal
+    when it is empty, too long, or shadows a built-in style or a reserved folder."""
+    name = normalize_style(text)
+    if not name:
+        raise StyleRefused(f"{text!r} is not a usable style name: use letters and digits")
+    if len(name) > MAX_NAME:
+        raise StyleRefused(f"style name {name!r} is too long: at most {MAX_NAME} letters and digits")
+    if name in CYCLEGAN_STYLES:
+        raise StyleRefused(f"{name!r} is a built-in style; choose another name for a named style")
+    if name in RESERVED_NAMES:
+        raise StyleRefused(f"{name!r} is reserved (a folder of the watched inbox); choose another name")
+    return name
+
+
+def required_models(engine: str) -> tuple[str, ...]:
+    from nst_daemon.engines import NST_BACKBONE
+
+    return tuple(ADAIN_MODELS) if engine == "adain" else (NST_BACKBONE,)
+
+
+def check_models(settings: Settings, engine: str) -> None:
+    """Refuse, in one line, a style whose engine cannot run here (its models are not installed)."""
+    missing = []
+    for model in required_models(engine):
+        try:
+            runnable_path(settings.paths.models_dir, model)
+        except ModelNotInstalled:
+            missing.append(model)
+    if missing:
+        raise StyleRefused(
+            f"engine {engine} needs model{'s' if len(missing) > 1 else ''} {' and '.join(missing)}, "
+            f"not installed: run `nstd models pull {' '.join(missing)}`"
+        )
+
+
+def _read_image(path: Path, settings: Settings) -> tuple[bytes, imaging.ImageInfo]:
+    """The file's bytes once they decode as an image within the limits; else a one-line refusal naming it."""
+    limits = settings.images.limits
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise StyleRefused(f"{path}: not a regular file")
+        if info.st_size > limits["max_bytes"]:
+            raise StyleRefused(f"{path}: larger than images.max_bytes ({limits['max_bytes']} bytes)")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StyleRefused(f"{path}: no such file") from None
+    except OSError as exc:
+        raise StyleRefused(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        header = imaging.check_image(data, **limits)
+        imaging.load_image(data, **limits)  # a full decode: a damaged file is refused now, not at use
+    except imaging.ImageError as exc:
+        raise StyleRefused(f"{path}: {getattr(exc, 'reason', None) or exc.message}") from None
+    return data, header
+
+
+def _check_params(engine: str, strength: float | None, weights: list[float] | None, count: int) -> None:
+    from nst_daemon.engines.adain import check_strength, normalized_weights
+
+    if engine not in ENGINES:
+        raise StyleRefused(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if strength is not None:
+        check_strength(strength)
+        if engine != "adain":
+            raise StyleRefused("--strength applies to --engine adain only")
+    if weights is not None:
+        normalized_weights(weights, count)
+    if not count:
+        raise StyleRefused("a named style needs at least one style image")
+
+
+def add(
+    settings: Settings,
+    db: sqlite_utils.Database,
+    store: Any,
+    name: str,
+    images: list[Path],
+    *,
+    engine: str = "adain",
+    strength: float | None = None,
+    weights: list[float] | None = None,
+    force: bool = False,
+) -> NamedStyle:
+    """Check everything (name, parameters, images, models), store the images, then write the record. An
+    existing name is replaced only with `force`; its old images are deleted once the new record is in."""
+    key = check_name(name)
+    _check_params(engine, strength, weights, len(images))
+    old = get(db, key)
+    if old is not None and not force:
+        raise StyleRefused(
+            f"style {key!r} already exists: `nstd styles remove {key}` first, or add it with --force"
+        )
+    read = [_read_image(Path(path), settings) for path in images]
+    check_models(settings, engine)
+    bucket = settings.store.bucket
+    version = time.time_ns()
+    keys = []
+    try:
+        for index, (data, info) in enumerate(read, start=1):
+            object_key = f"{KEY_PREFIX}{key}/{version}/{index}.{info.extension}"
+            store.put_object(Bucket=bucket, Key=object_key, Body=data, ContentType=info.content_type)
+            keys.append(object_key)
+        row = {
+            "name": key,
+            "engine": engine,
+            "strength": strength if engine == "adain" else None,
+            "weights": json.dumps(weights) if weights is not None else None,
+            "image_keys": json.dumps(keys),
+            "updated_at": time.time(),
+        }
+        with db.conn:
+            db["styles"].upsert(row, pk="name")
+    except BaseException:
+        _delete_objects(store, bucket, keys)  # nothing refers to them yet
+        raise
+    if old is not None:
+        _delete_objects(store, bucket, old.image_keys)
+    added = get(db, key)
+    assert added is not None
+    return added
+
+
+def remove(settings: Settings, db: sqlite_utils.Database, store: Any, name: str) -> NamedStyle:
+    """Delete the record, then its images. The inbox folder stays: it may hold the user's files."""
+    style = get(db, normalize_style(name))
+    if style is None:
+        raise StyleRefused(f"no named style {name!r}; `nstd styles list` shows them")
+    with db.conn:
+        db["styles"].delete(style.name)
+    _delete_objects(store, settings.store.bucket, style.image_keys)
+    return style
+
+
+def get(db: sqlite_utils.Database, name: str) -> NamedStyle | None:
+    rows = list(db["styles"].rows_where("name = ?", [name])) if db["styles"].exists() else []
+    return _from_row(rows[0]) if rows else None
+
+
+def list_styles(db: sqlite_utils.Database) -> list[NamedStyle]:
+    if not db["styles"].exists():
+        return []
+    return [_from_row(row) for row in db["styles"].rows_where(order_by="name")]
+
+
+def find(settings: Settings, name: str) -> NamedStyle | None:
+    """The named style `name` (already normalised), without creating a state database that is not there."""
+    from nst_daemon import db as database
+
+    if not settings.db_path.exists():
+        return None
+    return get(database.connect(settings.db_path), name)
+
+
+def load_images(settings: Settings, store: Any, style: NamedStyle) -> list[bytes]:
+    """The style's images as stored; a missing one is a one-line error naming the style."""
+    from nst_daemon.store import get_bytes, is_not_found
+
+    images = []
+    for key in style.image_keys:
+        try:
+            images.append(get_bytes(store, settings.store.bucket, key))
+        except Exception as exc:
+            if is_not_found(exc):
+                raise StyleRefused(
+                    f"style {style.name!r} has lost its image {key} in the object store: add it again "
+                    "with `nstd styles add --force`"
+                ) from None
+            raise
+    return images
+
+
+def _from_row(row: dict[str, Any]) -> NamedStyle:
+    strength = row["strength"]
+    return NamedStyle(
+        name=row["name"],
+        engine=row["engine"],
+        strength=None if strength is None or not math.isfinite(strength) else float(strength),
+        weights=json.loads(row["weights"]) if row["weights"] else None,
+        image_keys=json.loads(row["image_keys"]),
+        updated_at=row["updated_at"],
+    )
+
+
+def _delete_objects(store: Any, bucket: str, keys: list[str]) -> None:
+    for key in keys:
+        store.delete_object(Bucket=bucket, Key=key)
+
+
+def print_list(styles: list[NamedStyle], console: Console) -> None:
+    """`nstd styles list`: one row per style; the built-ins are named in a line below."""
+    from rich.table import Table
+
+    if styles:
+        table = Table("name", "engine", "strength", "images", "weights", box=None, pad_edge=False)
+        for style in styles:
+            table.add_row(
+                style.name,
+                style.engine,
+                "" if style.strength is None else f"{style.strength:g}",
+                str(len(style.image_keys)),
+                "equal" if style.weights is None else ", ".join(f"{w:g}" for w in style.weights),
+            )
+        console.print(table)
+    else:
+        console.print("no named styles yet: `nstd styles add NAME IMAGE...` saves one")
+    console.print(f"built-in styles: {', '.join(CYCLEGAN_STYLES)}", style="dim", highlight=False)
