@@ -179,7 +179,11 @@ class ProcessRunner:
                 continue
             kind, *payload = event
             if kind == "progress":
-                progress(payload[0])
+                # A preview (a small JPEG, engines/preview.py) rides along on some updates only.
+                if len(payload) > 1 and payload[1] is not None:
+                    progress(payload[0], payload[1])
+                else:
+                    progress(payload[0])
             elif kind in ("result", "error"):
                 return kind, payload
 
@@ -412,7 +416,9 @@ def serve(
 def _run(runner: Any, payload: list[Any], cancel: threading.Event, events: Connection) -> None:
     job, (content, *styles) = payload
     try:
-        result = runner.run(job, content, styles, lambda part: events.send(("progress", part)), cancel)
+        result = runner.run(
+            job, content, styles, lambda part, preview=None: events.send(("progress", part, preview)), cancel
+        )
     except (BrokenPipeError, EOFError):
         raise
     except Cancelled as exc:

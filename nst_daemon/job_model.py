@@ -164,7 +164,8 @@ class RunResult:
         return imaging.encode_image(self.image, "jpeg")
 
 
-ProgressFn = Callable[[float], None]
+# progress(fraction) or, from an engine with a live preview, progress(fraction, jpeg_bytes).
+ProgressFn = Callable[..., None]
 
 
 class Runner(Protocol):

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -117,6 +118,7 @@ class JobQueue:
         self.runner = runner
         self._wakeup = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._preview_listeners: list[Callable[[int, bytes], None]] = []
         self._deliverers: dict[str, Deliverer] = {}
         self._running: tuple[int, threading.Event] | None = None
         self._stopping = False
@@ -165,6 +167,17 @@ class JobQueue:
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_preview_listener(self, listener: Callable[[int, bytes], None]) -> None:
+        """Called on the loop with (job id, small JPEG) whenever a running job's engine sends a preview."""
+        self._preview_listeners.append(listener)
+
+    def _tell_preview(self, job_id: int, preview: bytes) -> None:
+        for listener in self._preview_listeners:
+            try:
+                listener(job_id, preview)
+            except Exception:
+                log.exception("preview listener failed for job %s", job_id)
 
     def set_deliverer(self, source: str, deliverer: Deliverer) -> None:
         self._deliverers[source] = deliverer
@@ -328,8 +341,11 @@ class JobQueue:
         started = time.monotonic()
         last_sent = [0.0]
 
-        def progress(fraction: float) -> None:
+        def progress(fraction: float, preview: bytes | None = None) -> None:
             # Called from the engine thread; throttled so the loop and the DB see a few updates a second.
+            if preview is not None:
+                # Already rare (one every few seconds, from the engine); kept in memory, never in the DB.
+                loop.call_soon_threadsafe(self._tell_preview, job.id, preview)
             now = time.monotonic()
             if fraction < 1.0 and now - last_sent[0] < PROGRESS_INTERVAL_S:
                 return

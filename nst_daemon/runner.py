@@ -25,6 +25,10 @@ from nst_daemon.manifest import runnable_path
 
 log = logging.getLogger(__name__)
 
+# An NST job with a live preview gets a snapshot this often: the bot shows one at most every 5 s
+# (status_messages.PREVIEW_INTERVAL_S), so a faster engine would only encode frames nobody sees.
+PREVIEW_EVERY_S = 5.0
+
 
 def decode_inputs(
     images: list[bytes], settings: Settings, *, max_side: int | None = None
@@ -171,7 +175,7 @@ class EngineRunner:
         progress: ProgressFn,
         cancel: threading.Event,
     ) -> RunResult:
-        from nst_daemon.engines.nst import NSTOptions
+        from nst_daemon.engines.nst import NSTOptions, NSTProgress
 
         engine = self._engine("vgg19")
         options = NSTOptions.from_preset(
@@ -180,13 +184,22 @@ class EngineRunner:
             preserve_colors=bool(job.params.get("preserve_colors", False)),
             optimizer=self.settings.nst.optimizer,
             seed=self.settings.nst.seed,
+            # Only a job that asks (a bot user with the preview on) pays for the snapshots.
+            preview_every_s=PREVIEW_EVERY_S if job.params.get("preview") else None,
         )
+
+        def forward(update: NSTProgress) -> None:
+            if update.preview is None:
+                progress(update.fraction)
+            else:
+                progress(update.fraction, update.preview)
+
         result = engine.stylize(
             content,
             styles,
             weights=job.params.get("style_weights"),  # a named style's, one per image
             options=options,
-            progress=lambda update: progress(update.fraction),
+            progress=forward,
             cancel=cancel,
         )
         report = {

@@ -20,6 +20,11 @@
    and the engine's fit to its max_side), in full as before and at the reduced JPEG scale that the fit
    needs (`runner.decode_inputs(..., max_side=...)`). Each in a fresh interpreter, for its peak memory;
    the PSNR compares the two fitted images.
+5. Live preview: what a painted NST job pays for its preview snapshots. Real NST jobs (random-init VGG19,
+   the same work as the real one) through the engine process, as the daemon runs them, alternately with
+   and without `preview` (pairs in alternating order, so a drift in the box's load hits both alike); the
+   job time is `ProcessRunner.run`'s, the frames are what reached the parent. Also the snapshot's own
+   cost (`preview_jpeg` on a tensor of the job's size), which the load of the box does not blur.
 """
 
 from __future__ import annotations
@@ -704,6 +709,91 @@ class ThreadsRunner:
         return self.inner.unload_idle(idle_s)
 
 
+# --- 5. live preview: what its snapshots cost an NST job --------------------------------------------------
+
+
+def bench_preview(pairs: int, side: int, preset: str) -> dict[str, Any]:
+    sys.path.insert(0, str(bc.REPO / "tests"))
+    from engine_stubs import make_job
+
+    from nst_daemon.config import Settings
+    from nst_daemon.engine_process import ProcessRunner
+    from nst_daemon.runner import PREVIEW_EVERY_S
+
+    with tempfile.TemporaryDirectory(prefix="nstd-bench-preview-") as tmp:
+        root = Path(tmp)
+        make_models(root / "models")
+        settings = Settings.model_validate(
+            {
+                "paths": {"state_dir": str(root / "state"), "models_dir": str(root / "models")},
+                "nst": {"preset": preset, "max_side": side},
+            }
+        )
+        content, style = jpeg((side * 4 // 3, side), seed=3), jpeg((side, side), seed=4)
+        runner = ProcessRunner(settings)
+        runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        try:
+
+            def one(preview: bool, job_id: int) -> dict[str, Any]:
+                frames: list[int] = []
+
+                def progress(fraction: float, frame: bytes | None = None) -> None:
+                    if frame is not None:
+                        frames.append(len(frame))
+
+                job = make_job("nst", [], job_id=job_id, preset=preset, preview=preview)
+                started = time.perf_counter()
+                runner.run(job, content, [style], progress, threading.Event())
+                seconds = time.perf_counter() - started
+                return {"seconds": seconds, "frames": len(frames), "frame_kb": sum(frames) / 1024}
+
+            one(False, 0)  # imports torch and loads VGG19 in the engine process: not counted
+            for pair in range(pairs):
+                order = (False, True) if pair % 2 == 0 else (True, False)
+                for preview in order:
+                    run = one(preview, len(runs[False]) + len(runs[True]) + 1)
+                    runs[preview].append(run)
+                    bc.log(
+                        f"preview {('off', 'on')[preview]}: {run['seconds']:.1f} s, {run['frames']} frames"
+                    )
+        finally:
+            runner.close()
+    off = [run["seconds"] for run in runs[False]]
+    on = [run["seconds"] for run in runs[True]]
+    frames = sum(run["frames"] for run in runs[True])
+    snapshot_ms = preview_snapshot_ms(side)
+    return {
+        "pairs": pairs,
+        "side": side,
+        "preset": preset,
+        "preview_every_s": PREVIEW_EVERY_S,
+        "off_s": off,
+        "on_s": on,
+        "off_median_s": bc.median(off),
+        "on_median_s": bc.median(on),
+        "cost_pct": (bc.median(on) / bc.median(off) - 1) * 100,
+        "pair_cost_pct": [(b / a - 1) * 100 for a, b in zip(off, on, strict=True)],
+        "frames_per_job": frames / max(1, len(on)),
+        "frame_kb": sum(run["frame_kb"] for run in runs[True]) / max(1, frames),
+        "snapshot_ms": snapshot_ms,
+        # The snapshots' own share of a job, from their count and cost: what the timing should show.
+        "snapshot_cost_pct": frames / max(1, len(on)) * snapshot_ms / 1000 / bc.median(on) * 100,
+    }
+
+
+def preview_snapshot_ms(side: int, repeats: int = 20) -> float:
+    import torch
+
+    from nst_daemon.engines.preview import preview_jpeg
+
+    image = torch.rand(1, 3, side, side * 4 // 3)
+    preview_jpeg(image)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        preview_jpeg(image)
+    return (time.perf_counter() - started) / repeats * 1000
+
+
 # --- 4. large photos: the decode before the engine ----------------------------------------------------------
 
 # One way in a fresh interpreter: the stored JPEG to the image the engine starts from (fitted within its
@@ -796,8 +886,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--users", type=int, default=10, help="distinct users in the burst")
     parser.add_argument(
-        "--parts", default="bot,idle,lag,large", help="which parts to run (bot, idle, lag, large)"
+        "--parts",
+        default="bot,idle,lag,large,preview",
+        help="which parts to run (bot, idle, lag, large, preview)",
     )
+    parser.add_argument("--preview-pairs", type=int, default=3, help="part 5: job pairs (default 3)")
+    parser.add_argument("--preview-side", type=int, default=256, help="part 5: NST max_side (default 256)")
     parser.add_argument(
         "--fake-server",
         choices=("process", "thread", "both"),
@@ -893,6 +987,11 @@ def main(argv: list[str] | None = None) -> int:
         bc.write_json(args.json, payload)
     if "lag" in parts:
         payload["lag"] = asyncio.run(bench_loop_lag(phases, lag_photo))
+        bc.write_json(args.json, payload)
+    if "preview" in parts:
+        bc.log("the live preview's cost in NST job time")
+        pairs, side = (1, 64) if args.smoke else (args.preview_pairs, args.preview_side)
+        payload["preview"] = bench_preview(pairs, side, "fast" if args.smoke else "balanced")
         bc.write_json(args.json, payload)
     if "large" in parts:
         # 24 and 39 megapixels: phone and camera photos, the latter just under images.max_pixels (40).
@@ -1025,6 +1124,31 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
         )
+    if "preview" in payload:
+        r = payload["preview"]
+        tables.append(
+            (
+                f"Live preview: NST {r['preset']} at {r['side']} px, a frame each {r['preview_every_s']:g} s",
+                ["preview", "job s (median)", "runs", "frames per job", "kB per frame"],
+                [
+                    ["off", r["off_median_s"], " ".join(f"{s:.1f}" for s in r["off_s"]), "-", "-"],
+                    [
+                        "on",
+                        r["on_median_s"],
+                        " ".join(f"{s:.1f}" for s in r["on_s"]),
+                        r["frames_per_job"],
+                        r["frame_kb"],
+                    ],
+                    [
+                        "snapshot",
+                        f"{r['snapshot_ms']:.1f} ms",
+                        "",
+                        "",
+                        f"{r['snapshot_cost_pct']:.2f} % of a job",
+                    ],
+                ],
+            )
+        )
     tables.append(
         (
             "Targets",
@@ -1074,6 +1198,16 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": value,
                 "limit_text": "≤ 150",
                 "verdict": bc.verdict(value, 150),
+            }
+        )
+    if "preview" in payload:
+        value = payload["preview"]["cost_pct"]
+        rows.append(
+            {
+                "label": "live preview's cost in NST job time, median on vs off (%)",
+                "value": value,
+                "limit_text": "≤ 3",
+                "verdict": bc.verdict(value, 3),
             }
         )
     # The target is the daemon as it runs: the engines in their process. The "before" rows are compared in

@@ -5,7 +5,8 @@ A job's params script what `ScriptedRunner.run` does in the child:
 - `hang_s`: report progress, then sleep this long ignoring the cancel, as a CycleGAN job's one ONNX Runtime
   call does (default 0: return at once);
 - `exit_code`: leave through `os._exit(code)`, like a crash in native code;
-- `signal`: send this signal to itself (e.g. SIGSEGV).
+- `signal`: send this signal to itself (e.g. SIGSEGV);
+- `preview`: also report a live-preview frame (a small blue JPEG) with the progress.
 The result's report has the child's pid and its parent-death signal (`prctl(PR_GET_PDEATHSIG)`).
 """
 
@@ -71,6 +72,10 @@ class ScriptedRunner:
         if "signal" in job.params:
             os.kill(os.getpid(), job.params["signal"])
         progress(0.1)
+        if job.params.get("preview"):  # a live-preview frame, as the NST engine sends one
+            from nst_daemon.engines.preview import preview_jpeg
+
+            progress(0.2, preview_jpeg(Image.new("RGB", (640, 480), (0, 0, 200))))
         time.sleep(job.params.get("hang_s", 0))
         report = {"pid": os.getpid(), "death_signal": death_signal()}
         return RunResult(Image.new("RGB", (8, 8)), report)

@@ -44,7 +44,14 @@ DOWNLOAD_LIMIT = 20 * 1024 * 1024
 PHOTO_UPLOAD_LIMIT = 10 * 1024 * 1024
 SEND_METHODS = ("sendMessage", "sendPhoto", "sendDocument")
 # The calls Telegram's flood control counts: anything that posts or changes a message in a chat.
-LIMITED_METHODS = (*SEND_METHODS, "editMessageText", "editMessageReplyMarkup", "deleteMessage")
+LIMITED_METHODS = (
+    *SEND_METHODS,
+    "editMessageText",
+    "editMessageReplyMarkup",
+    "editMessageCaption",
+    "editMessageMedia",
+    "deleteMessage",
+)
 PER_CHAT_RATE = 1.0  # per second
 PER_CHAT_BURST = 4.0
 GLOBAL_RATE = 30.0
@@ -74,8 +81,10 @@ class Call:
 
     @property
     def text(self) -> str:
-        """The text of a message or edit, or the caption of a photo or document."""
-        return str(self.params.get("text") or self.params.get("caption") or "")
+        """The text of a message or edit, or the caption of a photo or document (or of new media)."""
+        media = self.params.get("media")
+        caption = media.get("caption") if isinstance(media, dict) else None
+        return str(self.params.get("text") or self.params.get("caption") or caption or "")
 
     @property
     def message_id(self) -> int | None:
@@ -570,6 +579,58 @@ class FakeTelegram:
             markup = params.get("reply_markup")
             if message.get("reply_markup") == markup:
                 return self._error(400, "Bad Request: message is not modified")
+            if markup:
+                message["reply_markup"] = markup
+            else:
+                message.pop("reply_markup", None)
+            return self._reply(dict(message))
+
+    async def _m_editMessageCaption(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
+        key = (int(params.get("chat_id") or 0), int(params.get("message_id") or 0))
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None:
+                return self._error(400, "Bad Request: message to edit not found")
+            if "photo" not in message and "document" not in message:
+                return self._error(400, "Bad Request: there is no caption in the message to edit")
+            caption, markup = params.get("caption"), params.get("reply_markup")
+            if message.get("caption") == caption and message.get("reply_markup") == markup:
+                return self._error(400, "Bad Request: message is not modified")
+            message["caption"] = caption
+            if markup:
+                message["reply_markup"] = markup
+            else:
+                message.pop("reply_markup", None)
+            return self._reply(dict(message))
+
+    async def _m_editMessageMedia(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
+        key = (int(params.get("chat_id") or 0), int(params.get("message_id") or 0))
+        media = params.get("media")
+        if not isinstance(media, dict) or media.get("type") != "photo":
+            return self._error(400, "Bad Request: can't parse InputMedia")
+        reference = str(media.get("media") or "")
+        data = files.get(reference.removeprefix("attach://")) if reference.startswith("attach://") else None
+        if data is None:
+            return self._error(400, "Bad Request: there is no photo in the request")
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None:
+                return self._error(400, "Bad Request: message to edit not found")
+            if "photo" not in message:
+                return self._error(400, "Bad Request: there is no media in the message to edit")
+            stored = self._store_file(data, "photos", ".jpg")
+            width, height = _image_size(data)
+            message["photo"] = [
+                {
+                    "file_id": stored.file_id,
+                    "file_unique_id": stored.file_unique_id,
+                    "width": width,
+                    "height": height,
+                    "file_size": len(data),
+                }
+            ]
+            message["caption"] = media.get("caption")
+            markup = params.get("reply_markup")
             if markup:
                 message["reply_markup"] = markup
             else:

@@ -561,7 +561,7 @@ def test_settings_are_remembered_and_used(server: FakeTelegram, harness: BotHarn
     server.press(user, "colors:1")
     server.wait_text(user, "Preserve colours: on", since=mark)
     row = harness.db["user_settings"].get(user)
-    assert json.loads(row["data"]) == {"preset": "best", "preserve_colors": True}
+    assert json.loads(row["data"]) == {"preset": "best", "preserve_colors": True, "preview": True}
     server.send_photo(user, jpeg(), caption="ukiyoe")
     result_call(server, user, mark)
     assert json.loads(harness.jobs_of(user)[-1]["params"])["preset"] == "best"

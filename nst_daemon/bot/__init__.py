@@ -147,6 +147,7 @@ class BotService:
         self.deliverer.bot = self.bot
         self.queue.set_deliverer("telegram", self.deliverer)
         self.queue.add_listener(self.progress)
+        self.queue.add_preview_listener(self.progress.preview)
 
     async def _set_commands(self) -> None:
         if self._commands_set or self.bot is None:

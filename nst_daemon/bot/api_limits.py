@@ -29,7 +29,7 @@ PER_CHAT_RATE = 1.0
 PER_CHAT_BURST = 3.0
 GLOBAL_RATE = 25.0
 GLOBAL_BURST = 25.0
-LOW_PRIORITY = ("editMessageText", "editMessageReplyMarkup", "editMessageCaption")
+LOW_PRIORITY = ("editMessageText", "editMessageReplyMarkup", "editMessageCaption", "editMessageMedia")
 RESERVED_FOR_URGENT = 1.0  # a chat slot an edit never takes
 MAX_CHATS = 10_000  # idle buckets are dropped past this many
 

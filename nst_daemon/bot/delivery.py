@@ -20,6 +20,7 @@ from PIL import Image
 
 from nst_daemon.bot import texts
 from nst_daemon.bot.status_messages import StatusEditor, device_text, job_label, job_seconds, status_text
+from nst_daemon.engines.preview import preview_jpeg
 from nst_daemon.jobs import Job, PermanentDeliveryError
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,13 @@ class TelegramDeliverer:
         if self.bot is None:
             raise RuntimeError("the Telegram bot is not started")
         chat_id = int(job.reply["chat_id"])
+        picture: bytes | None = None
         try:
             if job.state == "done":
                 if result is None:
                     raise RuntimeError(f"job {job.id} is done but its result is missing")
                 await self._send_result(job, chat_id, result)
+                picture = await self._final_picture(job, result)
             elif job.state == "failed":
                 await self.bot.send_message(chat_id=chat_id, text=failure_text(job), **self._reply_to(job))
             elif job.started_at is not None:
@@ -109,7 +112,7 @@ class TelegramDeliverer:
             # A 400 will not change by retrying (chat not found, bad request): give up on this one.
             self._final_status(job)
             raise PermanentDeliveryError(f"chat {chat_id}: {exc.message}") from None
-        self._final_status(job)
+        self._final_status(job, picture)
         log.info("job %s delivered to telegram chat %s (%s)", job.id, chat_id, job.state)
 
     async def _send_result(self, job: Job, chat_id: int, result: bytes) -> None:
@@ -144,7 +147,21 @@ class TelegramDeliverer:
             "reply_parameters": ReplyParameters(message_id=int(message_id), allow_sending_without_reply=True)
         }
 
-    def _final_status(self, job: Job) -> None:
+    async def _final_picture(self, job: Job, result: bytes) -> bytes | None:
+        """A photo status (one that showed a live preview) ends showing the finished picture, small."""
+        status_id = job.reply.get("status_message_id")
+        if not status_id or not self.editor.is_photo(int(job.reply["chat_id"]), int(status_id)):
+            return None
+        try:
+            with Image.open(io.BytesIO(result)) as image:
+                return await asyncio.to_thread(preview_jpeg, image.copy())
+        except Exception as exc:  # the result itself went out; the status keeps the last frame
+            log.warning("job %s: no final picture for the status: %s", job.id, exc)
+            return None
+
+    def _final_status(self, job: Job, picture: bytes | None = None) -> None:
         status_id = job.reply.get("status_message_id")
         if status_id:
-            self.editor.update(int(job.reply["chat_id"]), int(status_id), status_text(job, None), final=True)
+            self.editor.update(
+                int(job.reply["chat_id"]), int(status_id), status_text(job, None), final=True, preview=picture
+            )

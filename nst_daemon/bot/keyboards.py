@@ -31,6 +31,10 @@ class SetColors(CallbackData, prefix="colors"):
     on: bool
 
 
+class SetPreview(CallbackData, prefix="preview"):
+    on: bool
+
+
 def styles_keyboard() -> InlineKeyboardMarkup:
     """Reference order: Multi-style NST first, then the pretrained styles, two a row."""
     buttons = [
@@ -56,7 +60,7 @@ def cancel_job_keyboard(job_id: int) -> InlineKeyboardMarkup:
     )
 
 
-def settings_keyboard(preset: str, preserve_colors: bool) -> InlineKeyboardMarkup:
+def settings_keyboard(preset: str, preserve_colors: bool, preview: bool = True) -> InlineKeyboardMarkup:
     presets = [
         InlineKeyboardButton(
             text=("✓ " if name == preset else "") + name, callback_data=SetPreset(preset=name).pack()
@@ -67,4 +71,8 @@ def settings_keyboard(preset: str, preserve_colors: bool) -> InlineKeyboardMarku
         text=f"Preserve colours: {'on' if preserve_colors else 'off'} (tap to switch)",
         callback_data=SetColors(on=not preserve_colors).pack(),
     )
-    return InlineKeyboardMarkup(inline_keyboard=[presets, [colors]])
+    live = InlineKeyboardButton(
+        text=f"Live preview: {'on' if preview else 'off'} (tap to switch)",
+        callback_data=SetPreview(on=not preview).pack(),
+    )
+    return InlineKeyboardMarkup(inline_keyboard=[presets, [colors], [live]])

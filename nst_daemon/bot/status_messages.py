@@ -7,6 +7,12 @@ goes from "got it" to "queued" to "stylizing" within milliseconds, and a quick o
 second is up, so the waiting folds those into one edit instead of racing the result to the same chat.
 A final text is never dropped or overtaken by a late progress update. With the Bot API limiter
 (api_limits.py), an edit also waits until its chat has a free slot that no result needs.
+
+Live preview: a painted NST job's engine sends a small JPEG every few seconds. The first one turns the
+text status into a photo status (a photo captioned with the status text; the text message is deleted,
+Telegram cannot add media to a text message), later ones replace its media, at most one every
+PREVIEW_INTERVAL_S; frames that come faster fold into the newest. A refused edit (429, "not modified",
+an outage) only skips that frame: the editor runs beside the job and the job never waits on it.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, InputMediaPhoto
 
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.api_limits import ApiLimiter
@@ -27,6 +34,7 @@ from nst_daemon.jobs import FINAL_STATES, Job, JobQueue
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL_S = 3.0
+PREVIEW_INTERVAL_S = 5.0  # at most one new picture per status message in this time
 FIRST_EDIT_AFTER_S = 1.0
 PROGRESS_STEP_PERCENT = 5
 MIN_PROGRESS_FOR_ETA = 0.05
@@ -101,6 +109,9 @@ class _Entry:
     pending: tuple[str, InlineKeyboardMarkup | None] | None = None
     final: bool = False
     task: asyncio.Task[None] | None = None
+    preview: bytes | None = None  # a picture waiting to be shown
+    photo_id: int | None = None  # the photo status that replaced the text message, once there is one
+    last_media: float = float("-inf")
 
 
 class StatusEditor:
@@ -114,6 +125,7 @@ class StatusEditor:
         self.interval_s = interval_s
         self.limiter = limiter
         self.first_edit_after_s = first_edit_after_s
+        self.preview_interval_s = PREVIEW_INTERVAL_S
         self.bot: Bot | None = None
         self._entries: dict[tuple[int, int], _Entry] = {}
 
@@ -125,8 +137,10 @@ class StatusEditor:
         markup: InlineKeyboardMarkup | None = None,
         *,
         final: bool = False,
+        preview: bytes | None = None,
     ) -> None:
-        """Ask for the message to show `text`; returns at once, the edit happens when allowed."""
+        """Ask for the message to show `text` (and the picture `preview`, a small JPEG); returns at once,
+        the edit happens when allowed."""
         key = (chat_id, message_id)
         entry = self._entries.get(key)
         if entry is None:
@@ -135,6 +149,9 @@ class StatusEditor:
             entry = self._entries[key] = _Entry(chat_id, message_id, last_edit)
         if entry.final and not final:
             return
+        if preview is not None or final:
+            # A final state without a picture drops a frame still waiting: it would come after the end.
+            entry.preview = preview
         entry.final = entry.final or final
         entry.pending = (text, markup)
         if entry.task is None or entry.task.done():
@@ -144,6 +161,8 @@ class StatusEditor:
         try:
             while entry.pending is not None:
                 wait = entry.last_edit + self.interval_s - time.monotonic()
+                if entry.preview is not None:
+                    wait = max(wait, entry.last_media + self.preview_interval_s - time.monotonic())
                 if self.limiter is not None:
                     # A chat busy with results (or other edits) gets this edit later, with whatever text
                     # is newest by then: edits fold together instead of queueing up behind results.
@@ -152,12 +171,17 @@ class StatusEditor:
                     await asyncio.sleep(wait)
                     continue
                 text, markup = entry.pending
-                entry.pending = None
+                preview, entry.pending, entry.preview = entry.preview, None, None
                 shown = (text, markup.model_dump_json() if markup else "")
-                if shown == entry.shown:
+                if shown == entry.shown and preview is None:
                     continue
                 entry.last_edit = time.monotonic()
-                if not await self._edit(entry, text, markup):
+                if preview is not None:
+                    entry.last_media = entry.last_edit
+                    edited = await self._show_picture(entry, text, markup, preview)
+                else:
+                    edited = await self._edit(entry, text, markup)
+                if edited is False:
                     entry.pending = None
                     entry.final = True  # the message is gone: nothing more to show there
                     break
@@ -166,18 +190,72 @@ class StatusEditor:
             if entry.final and entry.pending is None and self._entries.get(key) is entry:
                 del self._entries[key]
 
-    async def _edit(self, entry: _Entry, text: str, markup: InlineKeyboardMarkup | None) -> bool:
-        """Edit one message; False when it can never be edited again."""
+    def is_photo(self, chat_id: int, message_id: int) -> bool:
+        """Whether this status message has become a photo (a preview was shown in it)."""
+        entry = self._entries.get((chat_id, message_id))
+        return entry is not None and entry.photo_id is not None
+
+    async def _show_picture(
+        self, entry: _Entry, text: str, markup: InlineKeyboardMarkup | None, picture: bytes
+    ) -> bool | None:
+        """Show `picture` captioned `text`: the first one replaces the text status with a photo status."""
         if self.bot is None:
             return False
+        if entry.photo_id is not None:
+            media = InputMediaPhoto(media=BufferedInputFile(picture, filename="preview.jpg"), caption=text)
+            outcome = await self._attempt(
+                self.bot.edit_message_media(
+                    media=media, chat_id=entry.chat_id, message_id=entry.photo_id, reply_markup=markup
+                ),
+                not_modified=None,  # a picture Telegram would not take: this frame is skipped
+            )
+            if outcome is None and entry.final:
+                # The last picture was refused: the final caption must still say how the job ended.
+                return await self._edit(entry, text, markup)
+            return outcome
         try:
-            await self.bot.edit_message_text(
+            sent = await self.bot.send_photo(
+                chat_id=entry.chat_id,
+                photo=BufferedInputFile(picture, filename="preview.jpg"),
+                caption=text,
+                reply_markup=markup,
+            )
+        except Exception as exc:  # no photo status this time: the text status goes on, the next frame retries
+            log.warning("telegram: preview not sent: %s", getattr(exc, "message", type(exc).__name__))
+            return True
+        entry.photo_id = sent.message_id
+        try:
+            await self.bot.delete_message(chat_id=entry.chat_id, message_id=entry.message_id)
+        except Exception as exc:  # a stale "stylizing" text is untidy, not wrong: the photo below is current
+            log.info("telegram: old status message not deleted: %s", getattr(exc, "message", exc))
+        return True
+
+    async def _edit(self, entry: _Entry, text: str, markup: InlineKeyboardMarkup | None) -> bool | None:
+        """Edit one message's text (a photo status: its caption); False when it can never be edited again."""
+        if self.bot is None:
+            return False
+        if entry.photo_id is not None:
+            return await self._attempt(
+                self.bot.edit_message_caption(
+                    chat_id=entry.chat_id, message_id=entry.photo_id, caption=text, reply_markup=markup
+                )
+            )
+        return await self._attempt(
+            self.bot.edit_message_text(
                 text=text, chat_id=entry.chat_id, message_id=entry.message_id, reply_markup=markup
             )
+        )
+
+    @staticmethod
+    async def _attempt(call: Awaitable[object], not_modified: bool | None = True) -> bool | None:
+        """Make one edit call: True when it shows, False when the message can never be edited again,
+        None when this edit failed (the next one may work)."""
+        try:
+            await call
         except TelegramBadRequest as exc:
             description = exc.message.lower()
             if "not modified" in description:
-                return True
+                return not_modified
             if "not found" in description or "can't be edited" in description:
                 return False
             log.warning("telegram: status edit refused: %s", exc.message)
@@ -185,7 +263,9 @@ class StatusEditor:
             log.warning("telegram: status edit failed: %s: %s", type(exc).__name__, exc.message)
         except Exception as exc:  # the session is closing or the network is gone; the next edit may work
             log.warning("telegram: status edit failed: %s", type(exc).__name__)
-        return True
+        else:
+            return True
+        return None
 
     async def drain(self, limit_s: float) -> None:
         """Wait (bounded) for pending edits, final ones included; used at shutdown."""
@@ -211,17 +291,23 @@ class JobProgress:
         self.editor = editor
         self._states: dict[int, str] = {}
         self._shown: dict[int, int] = {}  # job id -> position (queued) or progress step (running) shown
+        self._running: dict[int, Job] = {}  # the latest state of each running job, for its previews
 
     def __call__(self, job: Job) -> None:
         if job.source != "telegram" or job.state in FINAL_STATES:
             # Final states belong to the deliverer, which runs once per job, also after a restart.
             self._states.pop(job.id, None)
             self._shown.pop(job.id, None)
+            self._running.pop(job.id, None)
             if job.source == "telegram" and job.state in FINAL_STATES:
                 self._refresh_queued(exclude=job.id)
             return
         previous = self._states.get(job.id)
         self._states[job.id] = job.state
+        if job.state == "running":
+            self._running[job.id] = job
+        else:
+            self._running.pop(job.id, None)
         if previous == job.state == "running" and self._shown.get(job.id) == progress_step(job):
             return  # progress within the step already shown
         self.show(job)
@@ -243,6 +329,22 @@ class JobProgress:
             self._shown[job.id] = progress_step(job)
         self.editor.update(
             int(chat_id), int(message_id), status_text(job, position), keyboards.cancel_job_keyboard(job.id)
+        )
+
+    def preview(self, job_id: int, picture: bytes) -> None:
+        """The queue's preview listener: a running job's newest picture goes into its status message."""
+        job = self._running.get(job_id)
+        if job is None or not job.params.get("preview"):
+            return
+        chat_id, message_id = job.reply.get("chat_id"), job.reply.get("status_message_id")
+        if not chat_id or not message_id:
+            return
+        self.editor.update(
+            int(chat_id),
+            int(message_id),
+            status_text(job, None),
+            keyboards.cancel_job_keyboard(job.id),
+            preview=picture,
         )
 
     def _refresh_queued(self, exclude: int) -> None:

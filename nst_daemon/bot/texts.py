@@ -181,7 +181,8 @@ RECENT_HEADER = "Recent:"
 SETTINGS = (
     "Your settings\n\n"
     "Quality (multi-style NST): {preset} (fast is quickest, best is slowest and finest)\n"
-    "Preserve colours: {colors} (keep your photo's colours, take only the style's texture)"
+    "Preserve colours: {colors} (keep your photo's colours, take only the style's texture)\n"
+    "Live preview: {preview} (multi-style NST: the status shows the picture as it forms)"
 )
 SETTINGS_SAVED = "Saved"
 

@@ -25,6 +25,7 @@ from PIL import Image
 from nst_daemon.engines import Cancelled
 from nst_daemon.engines.device import describe_torch_device, resolve_torch_device
 from nst_daemon.engines.presets import PRESET_MAX_SIDE
+from nst_daemon.engines.preview import preview_jpeg
 from nst_daemon.engines.vgg import VGG19Features, layer_index, load_vgg_state_dict, min_input_side
 from nst_daemon.errors import NstdError
 
@@ -81,6 +82,8 @@ class NSTOptions:
     seed: int = 0
     channels_last: bool = False
     preset: str = "custom"  # the preset these options came from, for reports
+    # Seconds between previews in the progress updates (NSTProgress.preview); None: no previews.
+    preview_every_s: float | None = None
     loss_callback: Callable[[LossRecord], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -210,6 +213,9 @@ class NSTProgress:
     scale: int  # index of the current scale
     scales: int
     size: tuple[int, int]  # (width, height) being optimized
+    # A small JPEG of the image as it stands (engines/preview.py), at most one per
+    # NSTOptions.preview_every_s; None on the other updates and when previews are off.
+    preview: bytes | None = None
 
 
 @dataclass
@@ -572,7 +578,10 @@ class NSTEngine:
                 best_loss, best = total, image.detach().clone()
             if options.loss_callback is not None:
                 options.loss_callback(record)
-            report(state.progress(scale, min(evaluated, max_steps) / max_steps, total))
+            update = state.progress(scale, min(evaluated, max_steps) / max_steps, total)
+            if state.preview_due(options.preview_every_s):
+                update = replace(update, preview=preview_jpeg(image))
+            report(update)
             return loss
 
         stopped_early = False
@@ -648,6 +657,14 @@ class _RunState:
     steps: int = 0
     history: list[LossRecord] = field(default_factory=list)
     stopped_early: list[bool] = field(default_factory=list)
+    # The first preview comes one interval after the start: before that the image is the content photo.
+    last_preview: float = field(default_factory=time.monotonic)
+
+    def preview_due(self, every_s: float | None) -> bool:
+        if every_s is None or time.monotonic() - self.last_preview < every_s:
+            return False
+        self.last_preview = time.monotonic()
+        return True
 
     def progress(self, scale: int, within: float, loss: float) -> NSTProgress:
         done = sum(self.budgets[:scale]) + within * self.budgets[scale]
