@@ -33,6 +33,18 @@ def cyclegan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(make_cyclegan_state_dict(seed=0), tmp_path_factory.mktemp("ckpt") / "g.pth")
 
 
+@pytest.fixture(scope="module")
+def adain_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The two AdaIN files as upstream names them, random-init in upstream's layout."""
+    from checkpoints import make_adain_decoder_state_dict, make_adain_vgg_state_dict, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("adain")
+    return {
+        "vgg_normalised.pth": save_checkpoint(make_adain_vgg_state_dict(seed=0), folder / "vgg.pth"),
+        "decoder.pth": save_checkpoint(make_adain_decoder_state_dict(seed=0), folder / "decoder.pth"),
+    }
+
+
 def drop_photo(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name("." + path.name)  # hidden while it is written; the folder ignores it
@@ -80,7 +92,7 @@ def _test_venv() -> Path:
 
 @pytest.mark.timeout(600)  # the waits below fail first, each with its own message
 def test_fresh_clone_scripts_run_then_one_photo_gives_a_result(
-    tmp_path: Path, cyclegan_checkpoint: Path
+    tmp_path: Path, cyclegan_checkpoint: Path, adain_checkpoints: dict[str, Path]
 ) -> None:
     """The README's promise: clone, `scripts/run`, drop a photo, get a painting. Nothing else."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
@@ -104,6 +116,8 @@ def test_fresh_clone_scripts_run_then_one_photo_gives_a_result(
     with FileServer() as mirror:
         for name in CYCLEGAN_FILES:
             mirror.add_file(f"/{name}", cyclegan_checkpoint)
+        for name, path in adain_checkpoints.items():
+            mirror.add_file(f"/{name}", path)
         env["NSTD_MODELS__MIRROR"] = mirror.base_url  # the loopback mirror stands in for the internet
         proc = subprocess.Popen(
             [clone / "scripts" / "run"],
@@ -117,6 +131,7 @@ def test_fresh_clone_scripts_run_then_one_photo_gives_a_result(
             output = Output(proc)
             output.wait_for("ready: drop a photo into watch/inbox/monet/", timeout=360)
             assert "pull_on_start" in output.text and "installed style_monet.onnx" in output.text
+            assert "adain_decoder" in output.text and "failed" not in output.text.lower()
             drop_photo(clone / "watch" / "inbox" / "monet" / "beach.jpg")
             results = wait_until(
                 lambda: list((clone / "watch" / "outbox" / "monet").glob("*.jpg")), 120, 0.2, "a result"
@@ -189,10 +204,10 @@ def test_wanted_models_fit_the_machine(tmp_path: Path) -> None:
         settings = load_settings(_pull_config(tmp_path, "", choice), environ={})
         return [entry.name for entry in firstrun.wanted_models(settings, has_gpu=has_gpu)]
 
-    # Without a GPU: the six styles (seconds per photo on a CPU), not the 575 MB VGG19.
-    assert sorted(names("auto", False)) == sorted(CYCLEGAN_MODELS)
-    # With one: VGG19 too, last, so that the small styles are ready first.
-    assert names("auto", True)[-1] == "vgg19" and len(names("auto", True)) == 7
+    # Without a GPU: the six styles and AdaIN (seconds per photo on a CPU), not the 575 MB VGG19.
+    assert sorted(names("auto", False)) == sorted([*CYCLEGAN_MODELS, "adain_vgg", "adain_decoder"])
+    # With one: VGG19 too, last, so that the small models are ready first.
+    assert names("auto", True)[-1] == "vgg19" and len(names("auto", True)) == 9
     assert names("all", False)[-1] == "vgg19"
     assert sorted(names("styles", True)) == sorted(CYCLEGAN_MODELS)
     assert names("none", True) == []
