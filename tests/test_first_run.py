@@ -320,7 +320,7 @@ def test_default_style_lives_in_styles(tmp_path: Path, caplog: pytest.LogCapture
         assert load_settings(config, environ={}).default_style == "monet"
     assert "deprecated" not in caplog.text
     with pytest.raises(ConfigError, match=r"styles\.default: expected one of monet"):
-        load_settings(write_config(tmp_path / "d.toml", {"styles": {"default": "picasso"}}), environ={})
+        load_settings(write_config(tmp_path / "d.toml", {"styles": {"default": "nst"}}), environ={})
 
 
 def test_old_telegram_default_style_still_works_with_a_note(
