@@ -371,6 +371,33 @@ def test_bot_uncaptioned_photo_uses_styles_default(tmp_path: Path) -> None:
             harness.close()
 
 
+def test_bot_asks_when_the_default_is_a_named_style(tmp_path: Path) -> None:
+    """A named style as styles.default serves the folder and the CLI; the bot cannot run it yet, so it asks
+    with buttons instead of queueing a job that fails as an unknown style."""
+    from fake_telegram import FakeTelegram
+    from test_bot_flows import OWNER, BotHarness, jpeg
+
+    from nst_daemon.bot import texts
+    from nst_daemon.config import Settings, StylesSettings
+
+    class NamedDefaultHarness(BotHarness):
+        def settings(self, **queue: object) -> Settings:
+            return super().settings(**queue).model_copy(update={"styles": StylesSettings(default="pair")})
+
+    with FakeTelegram() as server:
+        harness = NamedDefaultHarness(server, tmp_path).start()
+        try:
+            mark = server.mark()
+            server.send_text(OWNER, "/start")
+            welcome = server.wait_text(OWNER, "Hi!", since=mark)
+            assert "pick a style with the buttons" in welcome.text
+            assert texts.style_name("pair") not in welcome.text
+            server.send_photo(OWNER, jpeg())
+            server.wait_text(OWNER, "Which style?", since=mark)
+        finally:
+            harness.close()
+
+
 # --- docs ---------------------------------------------------------------------------------------------------
 
 

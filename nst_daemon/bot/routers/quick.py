@@ -92,7 +92,9 @@ async def photo(
             return
     elif current == Quick.waiting_photo.state:
         style = data.get("style")
-    elif services.settings.default_style:
+    elif services.settings.default_style in CYCLEGAN_STYLES:
+        # A named style as the default serves the folder and the CLI; the bot does not run named styles
+        # yet, so it asks with buttons rather than failing the job.
         style = services.settings.default_style
 
     if style is None:

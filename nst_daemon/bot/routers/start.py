@@ -9,6 +9,7 @@ from aiogram.types import Message
 
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.context import Services
+from nst_daemon.config import CYCLEGAN_STYLES
 
 
 async def start(message: Message, state: FSMContext, services: Services) -> None:
@@ -17,13 +18,11 @@ async def start(message: Message, state: FSMContext, services: Services) -> None
         what = texts.FLOW_NAMES.get(current, "a conversation")
         await message.answer(texts.ALREADY_IN_FLOW.format(what=what))
         return
-    await message.answer(
-        texts.welcome(services.settings.default_style), reply_markup=keyboards.styles_keyboard()
-    )
+    await message.answer(texts.welcome(_bot_default(services)), reply_markup=keyboards.styles_keyboard())
 
 
 async def help_command(message: Message, services: Services) -> None:
-    await message.answer(texts.help_text(services.settings.default_style))
+    await message.answer(texts.help_text(_bot_default(services)))
 
 
 def router() -> Router:
@@ -32,3 +31,9 @@ def router() -> Router:
     feature.message.register(start, CommandStart())
     feature.message.register(help_command, Command("help"))
     return feature
+
+
+def _bot_default(services: Services) -> str:
+    """The default style as the bot applies it: a named style serves the folder and the CLI only so far."""
+    default = services.settings.default_style
+    return default if default in CYCLEGAN_STYLES else ""
