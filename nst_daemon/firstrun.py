@@ -164,7 +164,8 @@ def ready_lines(settings: Settings) -> list[str]:
         return [f"cannot read the model catalog: {exc.message}"]
     styles = [status.style for status in statuses if status.kind == "cyclegan" and status.installed]
     nst_ready = any(status.kind == "vgg19" and status.installed for status in statuses)
-    if not styles and not nst_ready:
+    instant_ready = {"adain_vgg", "adain_decoder"} <= {status.kind for status in statuses if status.installed}
+    if not styles and not nst_ready and not instant_ready:
         return ["no style is ready yet: run `nstd models pull` (offline: `nstd models import`), then restart"]
     lines = []
     inbox, outbox = settings.watch.dir / "inbox", settings.watch.dir / "outbox"
@@ -176,6 +177,9 @@ def ready_lines(settings: Settings) -> list[str]:
             f"ready: drop a photo into {_shown(inbox / styles[0])}{others}; "
             f"the result appears in {_shown(outbox / styles[0])}"
         )
+    if instant_ready:
+        where = f", then drop photos into {_shown(inbox)}NAME/" if settings.watch.enabled else ""
+        lines.append(f"any picture as a style in seconds: `nstd styles add NAME picture.jpg`{where}")
     if nst_ready and settings.watch.enabled:
         lines.append(
             f"multi-style NST: put style images into {_shown(settings.watch.dir / 'styles')} "

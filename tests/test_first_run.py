@@ -265,6 +265,27 @@ def test_ready_lines_say_where_to_drop_a_photo(
     assert "watch/styles/" in lines[1] and "watch/inbox/nst/" in lines[1]
 
 
+def test_ready_lines_say_how_to_use_the_instant_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "config.toml", {"watch": {"enabled": True, "dir": "watch"}})
+    installed = [
+        SimpleNamespace(kind=kind, style=style, installed=True)
+        for kind, style in (("cyclegan", "monet"), ("adain_vgg", ""), ("adain_decoder", ""))
+    ]
+    monkeypatch.setattr(firstrun, "installed_status", lambda settings: installed)
+    lines = firstrun.ready_lines(load_settings(config, environ={}))
+    assert lines[1] == (
+        "any picture as a style in seconds: `nstd styles add NAME picture.jpg`, "
+        "then drop photos into watch/inbox/NAME/"
+    )
+    monkeypatch.setattr(firstrun, "installed_status", lambda settings: installed[:2])  # half of AdaIN
+    assert not any("styles add" in line for line in firstrun.ready_lines(load_settings(config, environ={})))
+
+
 def test_ready_lines_without_models_or_folder(tmp_path: Path) -> None:
     empty = write_config(tmp_path / "a.toml", {"paths": {"models_dir": str(tmp_path / "none")}})
     assert (
