@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlite_utils
 from toml_config import write_config
 
 from nst_daemon import watch_files
@@ -236,6 +237,7 @@ def test_printable_escapes_control_characters_only() -> None:
 class RecordingQueue:
     def __init__(self) -> None:
         self.replies: dict[int, dict[str, Any]] = {}
+        self.db = sqlite_utils.Database(memory=True)  # no named styles: the watcher finds an empty table
 
     async def record_reply(self, job_id: int, values: dict[str, Any]) -> None:
         self.replies.setdefault(job_id, {}).update(values)
