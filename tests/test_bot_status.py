@@ -146,3 +146,29 @@ def test_the_fake_bot_api_enforces_the_flood_limits_by_default() -> None:
         assert statuses[:4] == [200] * 4  # a short burst passes
         assert 429 in statuses[4:]
         assert server.flood_refusals()[0] == ("sendMessage", 42)
+
+
+def test_a_late_update_never_turns_a_final_status_back() -> None:
+    """Progress listeners run as tasks, so a "stylizing" update can land after the delivery's final "done";
+    the message must keep showing how the job ended."""
+    from nst_daemon.bot.status_messages import StatusEditor
+
+    class RecordingBot:
+        def __init__(self) -> None:
+            self.edits: list[str] = []
+
+        async def edit_message_text(self, *, text: str, **_: Any) -> None:
+            self.edits.append(text)
+
+    async def scenario() -> list[str]:
+        editor = StatusEditor(interval_s=0.0, first_edit_after_s=0.0)
+        bot = RecordingBot()
+        editor.bot = bot  # type: ignore[assignment]
+        editor.update(7, 1, "Monet: done in 1 s on cpu.", final=True)
+        await editor.drain(5)
+        editor.update(7, 1, "Monet: stylizing… 90%")  # a listener's late update
+        await asyncio.sleep(0.05)
+        await editor.drain(5)
+        return bot.edits
+
+    assert asyncio.run(scenario()) == ["Monet: done in 1 s on cpu."]

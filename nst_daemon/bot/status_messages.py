@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 EDIT_INTERVAL_S = 3.0
 PREVIEW_INTERVAL_S = 5.0  # at most one new picture per status message in this time
 FIRST_EDIT_AFTER_S = 1.0
+FINISHED_REMEMBERED = 10_000  # final status messages kept in mind against late updates (~100 bytes each)
 PROGRESS_STEP_PERCENT = 5
 MIN_PROGRESS_FOR_ETA = 0.05
 MIN_ELAPSED_FOR_ETA_S = 3.0
@@ -128,6 +130,10 @@ class StatusEditor:
         self.preview_interval_s = PREVIEW_INTERVAL_S
         self.bot: Bot | None = None
         self._entries: dict[tuple[int, int], _Entry] = {}
+        # Messages that have shown their final state. A progress or queue update can arrive after the
+        # delivery that ended the job (listeners run as tasks); it must not turn "done" back into
+        # "stylizing". Bounded: the oldest are forgotten first.
+        self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def update(
         self,
@@ -142,6 +148,8 @@ class StatusEditor:
         """Ask for the message to show `text` (and the picture `preview`, a small JPEG); returns at once,
         the edit happens when allowed."""
         key = (chat_id, message_id)
+        if not final and key in self._finished:
+            return
         entry = self._entries.get(key)
         if entry is None:
             # As if last edited just now, so the first edit comes `first_edit_after_s` from now.
@@ -189,6 +197,9 @@ class StatusEditor:
         finally:
             if entry.final and entry.pending is None and self._entries.get(key) is entry:
                 del self._entries[key]
+                self._finished[key] = None
+                while len(self._finished) > FINISHED_REMEMBERED:
+                    self._finished.popitem(last=False)
 
     def is_photo(self, chat_id: int, message_id: int) -> bool:
         """Whether this status message has become a photo (a preview was shown in it)."""
