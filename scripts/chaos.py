@@ -31,6 +31,8 @@ from chaos_harness import STYLE, Daemon, make_models, photo, write_daemon_config
 from chaos_ledger import Ledger, Photo, TelegramLimits, count, markdown_table, print_table
 from fake_telegram import SEND_METHODS, FakeTelegram
 
+EDIT_METHODS = ("editMessageText", "editMessageCaption", "editMessageMedia")
+
 SCENARIOS = ("crash_loop", "disk_full", "burst", "lock_holder", "bad_files")
 FIRST_USER = 7001
 
@@ -106,6 +108,15 @@ class Scene:
         """Messages, photos and documents the bot sent so far: progress (status edits are not)."""
         return len(self.server.find(lambda call: call.method in SEND_METHODS and call.ok))
 
+    def activity(self) -> int:
+        """Sends and status edits so far: what settling waits out, so that a status message is counted in
+        the state it ends in (edits yield to results, so they can trail the last result by seconds)."""
+        return len(
+            self.server.find(
+                lambda call: (call.method in SEND_METHODS or call.method in EDIT_METHODS) and call.ok
+            )
+        )
+
     def drain(self) -> None:
         """Wait until every photo is answered, or nothing was sent for `quiet` seconds, or the limit.
         Edits do not count as progress: a daemon can keep rewriting queue positions with nothing moving."""
@@ -114,12 +125,13 @@ class Scene:
         last, quiet_since = self.sends(), time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet:
             if self.ledger().lost == 0:
-                # Everything answered: until nothing is sent for 3 s, for a second delivery to show itself.
-                settled = min(deadline, time.monotonic() + 30)
+                # Everything answered: until nothing is sent or edited for 3 s, for a second delivery to
+                # show itself and the status messages to reach the state they end in.
+                settled = min(deadline, time.monotonic() + 60)
                 while time.monotonic() < settled:
-                    before = self.sends()
+                    before = self.activity()
                     time.sleep(3.0)
-                    if self.sends() == before:
+                    if self.activity() == before:
                         break
                 break
             time.sleep(1.0)
