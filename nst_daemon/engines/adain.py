@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from nst_daemon.engines import Cancelled
-from nst_daemon.engines.ort_session import device_label
+from nst_daemon.engines.ort_session import device_label, parse_device
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -130,11 +130,7 @@ class AdaINEngine:
     ) -> None:
         self.encoder_path, self.decoder_path = Path(encoder), Path(decoder)
         self.cpu_threads = cpu_threads
-        self.device = (device or "auto").strip().lower()
-        if self.device.startswith("cuda:"):
-            self.device, _, index = self.device.partition(":")
-            device_id = int(index) if index.isdigit() else device_id
-        self.device_id = device_id
+        self.device, self.device_id = parse_device(device, device_id)
         self._sessions: tuple[InferenceSession, InferenceSession] | None = None
         self._lock = threading.Lock()  # one run at a time: sessions are thread-safe, memory is not
         self._load_lock = threading.Lock()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 from nst_daemon.engines import CheckpointError, ConversionError
 from nst_daemon.engines.checkpoint import check_against, read_checkpoint
+from nst_daemon.engines.ort_session import staging_file
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,7 @@ def export_onnx(kind: str, checkpoint: Path, onnx_path: Path) -> float:
     onnx_path = Path(onnx_path)
     channels = 3 if kind == "adain_vgg" else 512
     names = ("image", "features") if kind == "adain_vgg" else ("features", "image")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{onnx_path.name}-", suffix=".tmp", dir=onnx_path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
+    tmp = staging_file(onnx_path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation notes do not concern a fixed net

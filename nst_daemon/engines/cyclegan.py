@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -31,7 +30,13 @@ from torch import nn
 
 from nst_daemon.engines import Cancelled, CheckpointError, ConversionError
 from nst_daemon.engines.checkpoint import check_against, describe_foreign_generator, read_checkpoint
-from nst_daemon.engines.ort_session import device_label, open_session, provider_list  # noqa: F401  (re-exported)
+from nst_daemon.engines.ort_session import (  # noqa: F401  (re-exported)
+    device_label,
+    open_session,
+    parse_device,
+    provider_list,
+    staging_file,
+)
 from nst_daemon.errors import NstdError
 
 if TYPE_CHECKING:
@@ -215,13 +220,7 @@ def export_onnx(checkpoint: Path, onnx_path: Path, *, dynamo: bool | None = None
     checkpoint = Path(checkpoint)
     generator = load_generator(checkpoint)
     onnx_path = Path(onnx_path)
-    try:
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{onnx_path.name}-", suffix=".tmp", dir=onnx_path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
+    tmp = staging_file(onnx_path)
     try:
         started = time.perf_counter()
         exporter = _run_exporter(generator, tmp, checkpoint.name, dynamo)
@@ -353,11 +352,7 @@ class CycleGANEngine:
         """`cpu_threads` is ONNX Runtime's intra-op thread count on the CPU; 0 means one per physical core."""
         self.onnx_path = Path(onnx_path)
         self.cpu_threads = cpu_threads
-        self.device = (device or "auto").strip().lower()
-        if self.device.startswith("cuda:"):
-            self.device, _, index = self.device.partition(":")
-            device_id = int(index) if index.isdigit() else device_id
-        self.device_id = device_id
+        self.device, self.device_id = parse_device(device, device_id)
         self._session: InferenceSession | None = None
         self._input_name = ""
         self._lock = threading.Lock()  # one run at a time: sessions are thread-safe, memory is not

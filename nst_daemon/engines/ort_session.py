@@ -5,10 +5,12 @@ engine and the engine process pay only for ONNX Runtime."""
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nst_daemon.engines import CheckpointError, DeviceError
+from nst_daemon.engines import CheckpointError, ConversionError, DeviceError
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -50,6 +52,27 @@ def provider_list(device: str, device_id: int = 0) -> list[str | tuple[str, dict
         )
     providers.append("CPUExecutionProvider")
     return providers
+
+
+def parse_device(device: str, device_id: int = 0) -> tuple[str, int]:
+    """("auto" | "cpu" | "cuda", device id) from a setting such as "CUDA:1" (the id then comes from it)."""
+    device = (device or "auto").strip().lower()
+    if device.startswith("cuda:"):
+        device, _, index = device.partition(":")
+        device_id = int(index) if index.isdigit() else device_id
+    return device, device_id
+
+
+def staging_file(onnx_path: Path) -> Path:
+    """An empty temporary file beside `onnx_path` for an export to fill before it is renamed into place;
+    ConversionError when the folder cannot take it."""
+    try:
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{onnx_path.name}-", suffix=".tmp", dir=onnx_path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
+    return Path(name)
 
 
 def device_label(provider: str, device_id: int = 0) -> str:
