@@ -290,22 +290,11 @@ def make_models(models: Path) -> Path:
         return models
     models.mkdir(parents=True, exist_ok=True)
     code = f"""
-import sys, time
+import sys
 sys.path.insert(0, {str(REPO / "tests")!r})
 from pathlib import Path
-from checkpoints import make_cyclegan_state_dict, make_vgg19_state_dict, save_checkpoint
-from nst_daemon.engines.cyclegan import export_onnx
-from nst_daemon.manifest import InstalledModel, write_manifest
-models = Path({str(models)!r})
-vgg = save_checkpoint(make_vgg19_state_dict(seed=0), models / "vgg19-dcbb9e9d.pth")
-generator = save_checkpoint(make_cyclegan_state_dict(seed=1), models / "generator.pth")
-export_onnx(generator, models / "style_monet.onnx")
-now = time.time()
-def entry(name, kind, path):
-    return InstalledModel(name=name, kind=kind, sha256="0" * 64, size=path.stat().st_size, source="chaos",
-                          installed_at=now, files=[path.name], runnable=path.name, pinned="import")
-write_manifest(models, {{"vgg19": entry("vgg19", "vgg19", vgg),
-                         "style_monet": entry("style_monet", "cyclegan", models / "style_monet.onnx")}})
+from checkpoints import install_random_models
+install_random_models(Path({str(models)!r}), 'chaos')
 """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600, env=env)

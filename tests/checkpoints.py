@@ -154,3 +154,38 @@ def random_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
     image = Image.fromarray((coarse * 255).astype(np.uint8), "RGB").resize((width, height), Image.BICUBIC)
     grain = rng.normal(0, 12, (height, width, 3))
     return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8), "RGB")
+
+
+def install_random_models(models: Path, source: str) -> None:
+    """Random-init VGG19 and one CycleGAN generator (style_monet, exported to ONNX) in `models`, with the
+    manifest `nstd models import` would write: the models the benchmarks and the chaos suite run on."""
+    import time
+
+    from nst_daemon.engines.cyclegan import export_onnx
+    from nst_daemon.manifest import InstalledModel, write_manifest
+
+    vgg = save_checkpoint(make_vgg19_state_dict(seed=0), models / "vgg19-dcbb9e9d.pth")
+    generator = save_checkpoint(make_cyclegan_state_dict(seed=1), models / "generator.pth")
+    export_onnx(generator, models / "style_monet.onnx")
+    now = time.time()
+
+    def entry(name: str, kind: str, path: Path) -> InstalledModel:
+        return InstalledModel(
+            name=name,
+            kind=kind,
+            sha256="0" * 64,
+            size=path.stat().st_size,
+            source=source,
+            installed_at=now,
+            files=[path.name],
+            runnable=path.name,
+            pinned="import",
+        )
+
+    write_manifest(
+        models,
+        {
+            "vgg19": entry("vgg19", "vgg19", vgg),
+            "style_monet": entry("style_monet", "cyclegan", models / "style_monet.onnx"),
+        },
+    )
