@@ -122,10 +122,13 @@ class DaemonProcess:
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
 
+    def command(self) -> list[str]:
+        return [NSTD, "--config", str(self.config), "run"]
+
     def start(self, wait_for: str | None = "nstd is running", timeout: float = 60) -> DaemonProcess:
         self.lines = []
         self.proc = subprocess.Popen(
-            [NSTD, "--config", str(self.config), "run"],
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -9,9 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -235,23 +233,11 @@ class HangingDaemon(DaemonProcess):
     """The daemon of `nstd run`, its engine process running `engine_stubs.HangingRunner`: every job
     reports progress and then ignores its cancel, as one long ONNX Runtime call does. No CPU is used."""
 
-    def start(self, wait_for: str | None = "nstd is running", timeout: float = 60) -> DaemonProcess:
+    def command(self) -> list[str]:
         tests = str(Path(__file__).resolve().parent)
         self.env["PYTHONPATH"] = os.pathsep.join([str(Path(tests).parent), tests])
-        self.lines = []
-        config = [str(self.config)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import engine_stubs; engine_stubs.serve_with_hanging_engines()", *config],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-        )
-        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
-        self._reader.start()
-        if wait_for:
-            self.wait_for_log(wait_for, timeout)
-        return self
+        serve = "import engine_stubs; engine_stubs.serve_with_hanging_engines()"
+        return [sys.executable, "-c", serve, str(self.config)]
 
 
 def hanging_daemon_with_jobs(
