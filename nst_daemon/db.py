@@ -89,11 +89,19 @@ def _v3_named_styles(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v4_style_owners(db: sqlite_utils.Database) -> None:
+    # A bot user's own, private named styles: owner "" is everyone's (the CLI's), else a Telegram user id.
+    # Two users may each have a style of the same name, so the key becomes (owner, name).
+    db["styles"].add_column("owner", str, not_null_default="")
+    db["styles"].transform(pk=("owner", "name"))
+
+
 # Append only: each function moves the schema from version N to N + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
     _v2_telegram_updates,
     _v3_named_styles,
+    _v4_style_owners,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

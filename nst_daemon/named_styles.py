@@ -3,7 +3,8 @@ name that works wherever a built-in style does (`nstd stylize --style NAME`, the
 `inbox/NAME/`, the default style).
 
 The record lives in SQLite (the `styles` table), the images in the object store under
-`styles/<name>/<version>/<n>.<ext>`: a replacement (`--force`) writes a new version before the record
+`styles/<name>/<version>/<n>.<ext>` (a bot user's own style: `styles/user-<id>/<name>/...`, record owner
+`<id>`; the owner's styles have owner ""): a replacement (`--force`) writes a new version before the record
 points at it, so a failure half-way never leaves a style whose images are gone.
 """
 
@@ -47,6 +48,7 @@ class NamedStyle:
     weights: list[float] | None  # one per image, as given (normalised when used); None: equal
     image_keys: list[str]
     updated_at: float
+    owner: str = ""  # "": everyone's (the CLI's); a Telegram user id: that user's own, private style
 
     @property
     def params(self) -> dict[str, Any]:
@@ -109,12 +111,18 @@ def _read_image(path: Path, settings: Settings) -> tuple[bytes, imaging.ImageInf
         raise StyleRefused(f"{path}: no such file") from None
     except OSError as exc:
         raise StyleRefused(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return data, check_image_bytes(data, settings, str(path))
+
+
+def check_image_bytes(data: bytes, settings: Settings, label: str) -> imaging.ImageInfo:
+    """What the bytes are, once they decode as an image within the limits; else a one-line refusal."""
+    limits = settings.images.limits
     try:
         header = imaging.check_image(data, **limits)
         imaging.load_image(data, **limits)  # a full decode: a damaged file is refused now, not at use
     except imaging.ImageError as exc:
-        raise StyleRefused(f"{path}: {getattr(exc, 'reason', None) or exc.message}") from None
-    return data, header
+        raise StyleRefused(f"{label}: {getattr(exc, 'reason', None) or exc.message}") from None
+    return header
 
 
 def _check_params(engine: str, strength: float | None, weights: list[float] | None, count: int) -> None:
@@ -144,26 +152,48 @@ def add(
     weights: list[float] | None = None,
     force: bool = False,
 ) -> NamedStyle:
-    """Check everything (name, parameters, images, models), store the images, then write the record. An
-    existing name is replaced only with `force`; its old images are deleted once the new record is in."""
+    """`nstd styles add`: everyone's style from image files (see `add_images`)."""
     key = check_name(name)
     _check_params(engine, strength, weights, len(images))
-    old = get(db, key)
-    if old is not None and not force:
-        raise StyleRefused(
-            f"style {key!r} already exists: `nstd styles remove {key}` first, or add it with --force"
-        )
+    _check_free(db, key, "", force)
     read = [_read_image(Path(path), settings) for path in images]
+    return add_images(
+        settings, db, store, key, read, engine=engine, strength=strength, weights=weights, force=force
+    )
+
+
+def add_images(
+    settings: Settings,
+    db: sqlite_utils.Database,
+    store: Any,
+    name: str,
+    images: list[tuple[bytes, imaging.ImageInfo]],
+    *,
+    engine: str = "adain",
+    strength: float | None = None,
+    weights: list[float] | None = None,
+    force: bool = False,
+    owner: str = "",
+) -> NamedStyle:
+    """Check everything (name, parameters, models), store the images (bytes already checked with
+    `check_image_bytes`), then write the record. An existing name is replaced only with `force`; its old
+    images are deleted once the new record is in. A user's own style (`owner`) may not take the name of
+    everyone's style either: the name would mean two things to that user."""
+    key = check_name(name)
+    _check_params(engine, strength, weights, len(images))
+    old = _check_free(db, key, owner, force)
     check_models(settings, engine)
     bucket = settings.store.bucket
     version = time.time_ns()
+    folder = f"{KEY_PREFIX}user-{owner}/{key}" if owner else f"{KEY_PREFIX}{key}"
     keys = []
     try:
-        for index, (data, info) in enumerate(read, start=1):
-            object_key = f"{KEY_PREFIX}{key}/{version}/{index}.{info.extension}"
+        for index, (data, info) in enumerate(images, start=1):
+            object_key = f"{folder}/{version}/{index}.{info.extension}"
             store.put_object(Bucket=bucket, Key=object_key, Body=data, ContentType=info.content_type)
             keys.append(object_key)
         row = {
+            "owner": owner,
             "name": key,
             "engine": engine,
             "strength": strength if engine == "adain" else None,
@@ -172,37 +202,70 @@ def add(
             "updated_at": time.time(),
         }
         with db.conn:
-            db["styles"].upsert(row, pk="name")
+            db["styles"].upsert(row, pk=("owner", "name"))
     except BaseException:
         _delete_objects(store, bucket, keys)  # nothing refers to them yet
         raise
     if old is not None:
         _delete_objects(store, bucket, old.image_keys)
-    added = get(db, key)
+    added = get(db, key, owner)
     assert added is not None
     return added
 
 
-def remove(settings: Settings, db: sqlite_utils.Database, store: Any, name: str) -> NamedStyle:
+def _check_free(db: sqlite_utils.Database, key: str, owner: str, force: bool) -> NamedStyle | None:
+    """The style `key` of `owner` that `force` replaces, or a refusal when the name is taken."""
+    if owner and get(db, key) is not None:
+        raise StyleRefused(f"{key!r} is the name of a shared style; choose another name")
+    old = get(db, key, owner)
+    if old is not None and not force:
+        if owner:
+            raise StyleRefused(f"you already have a style {key!r}; choose another name")
+        raise StyleRefused(
+            f"style {key!r} already exists: `nstd styles remove {key}` first, or add it with --force"
+        )
+    return old
+
+
+def remove(
+    settings: Settings, db: sqlite_utils.Database, store: Any, name: str, owner: str = ""
+) -> NamedStyle:
     """Delete the record, then its images. The inbox folder stays: it may hold the user's files."""
-    style = get(db, normalize_style(name))
+    style = get(db, normalize_style(name), owner)
     if style is None:
         raise StyleRefused(f"no named style {name!r}; `nstd styles list` shows them")
     with db.conn:
-        db["styles"].delete(style.name)
+        db["styles"].delete((style.owner, style.name))
     _delete_objects(store, settings.store.bucket, style.image_keys)
     return style
 
 
-def get(db: sqlite_utils.Database, name: str) -> NamedStyle | None:
-    rows = list(db["styles"].rows_where("name = ?", [name])) if db["styles"].exists() else []
+def get(db: sqlite_utils.Database, name: str, owner: str = "") -> NamedStyle | None:
+    """Everyone's style `name` (already normalised), or `owner`'s own."""
+    if not db["styles"].exists():
+        return None
+    rows = list(db["styles"].rows_where("name = ? and owner = ?", [name, owner]))
     return _from_row(rows[0]) if rows else None
 
 
-def list_styles(db: sqlite_utils.Database) -> list[NamedStyle]:
+def lookup(db: sqlite_utils.Database, text: str, user: str) -> NamedStyle | None:
+    """The style a user means by `text` (any spelling): everyone's, else the user's own."""
+    name = normalize_style(text)
+    if not name:
+        return None
+    return get(db, name) or get(db, name, user)
+
+
+def list_styles(db: sqlite_utils.Database, owner: str = "") -> list[NamedStyle]:
+    """Everyone's styles, or with `owner` that user's own, by name."""
     if not db["styles"].exists():
         return []
-    return [_from_row(row) for row in db["styles"].rows_where(order_by="name")]
+    return [_from_row(row) for row in db["styles"].rows_where("owner = ?", [owner], order_by="name")]
+
+
+def usable_by(db: sqlite_utils.Database, user: str) -> list[NamedStyle]:
+    """The styles a bot user can pick: everyone's, then the user's own."""
+    return [*list_styles(db), *list_styles(db, user)]
 
 
 def find(settings: Settings, name: str) -> NamedStyle | None:
@@ -241,6 +304,7 @@ def _from_row(row: dict[str, Any]) -> NamedStyle:
         weights=json.loads(row["weights"]) if row["weights"] else None,
         image_keys=json.loads(row["image_keys"]),
         updated_at=row["updated_at"],
+        owner=row.get("owner") or "",
     )
 
 
