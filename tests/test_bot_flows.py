@@ -430,7 +430,7 @@ def test_nst_flow_with_an_album_of_styles(server: FakeTelegram, harness: BotHarn
     # One acknowledgement for the album, edited as its photos arrived.
     assert len(server.find(lambda c: c.method == "sendMessage" and "Got 1 style image" in c.text, mark)) == 1
     assert not server.find(lambda c: c.method == "sendMessage" and "Got 2 style images" in c.text, mark)
-    server.press(user, "go")
+    server.press(user, "run:nst")
     result = result_call(server, user, mark)
     assert "Multi-style NST (2 style images)" in result.text
     job = harness.jobs_of(user)[-1]
@@ -447,8 +447,8 @@ def test_go_command_and_style_documents(server: FakeTelegram, harness: BotHarnes
     server.wait_text(user, "at least one style image", since=mark)
     server.send_document(user, png_rgba(), file_name="style.png")
     server.wait_text(user, "Got 1 style image", since=mark)
-    server.send_text(user, "/go")
-    assert "Multi-style NST (1 style image)" in result_call(server, user, mark).text
+    server.send_text(user, "/go")  # the machine's default engine: Instant or Multi-style NST
+    assert "(1 style image) · " in result_call(server, user, mark).text
 
 
 def test_nst_bad_style_image_is_dropped_and_flow_goes_on(
@@ -561,7 +561,9 @@ def test_settings_are_remembered_and_used(server: FakeTelegram, harness: BotHarn
     server.press(user, "colors:1")
     server.wait_text(user, "Preserve colours: on", since=mark)
     row = harness.db["user_settings"].get(user)
-    assert json.loads(row["data"]) == {"preset": "best", "preserve_colors": True, "preview": True}
+    assert json.loads(row["data"]) == {
+        "preset": "best", "preserve_colors": True, "preview": True, "engine": "", "strength": 1.0,
+    }  # fmt: skip
     server.send_photo(user, jpeg(), caption="ukiyoe")
     result_call(server, user, mark)
     assert json.loads(harness.jobs_of(user)[-1]["params"])["preset"] == "best"
@@ -802,7 +804,7 @@ def test_conversation_survives_a_restart(own_server: FakeTelegram, tmp_path: Pat
         server.send_photo(user, jpeg(color=(0, 0, 0)))
         server.wait_text(user, "Got 1 style image", since=mark)
         server.send_text(user, "/go")
-        assert "Multi-style NST" in result_call(server, user, mark).text
+        assert "(1 style image) · " in result_call(server, user, mark).text
     finally:
         harness.close()
     assert DEFAULT_TOKEN not in caplog.text

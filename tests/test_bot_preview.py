@@ -108,7 +108,7 @@ def run_nst_job(server: FakeTelegram, harness: BotHarness, user: int, seconds: f
     server.send_photo(user, jpeg(color=(1, 2, 3)))
     server.wait_text(user, "Got 1 style image", since=mark)
     started = time.monotonic()
-    server.press(user, "go")
+    server.press(user, "run:nst")
     return mark, started
 
 

@@ -10,10 +10,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
+from nst_daemon import named_styles
 from nst_daemon.bot import texts
 from nst_daemon.bot.failures import failure_reason
 from nst_daemon.bot.images import ImageRef, InputProblem, download
@@ -23,6 +25,7 @@ from nst_daemon.bot.user_settings import UserPrefs
 from nst_daemon.errors import describe_failure
 from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, UserBusy
+from nst_daemon.named_styles import NamedStyle, StyleRefused
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,11 @@ class JobStarter:
         style: str | None = None,
         style_refs: list[ImageRef] | None = None,
         reply_to: int | None = None,
+        named: NamedStyle | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Outcome:
+        """`named`: a named style's images (from the object store), engine, strength and weights, instead
+        of `style`/`style_refs`. `params` go over the user's /settings (a /nst job's `style_weights`)."""
         wait = self.limiter.check(user_id)
         if wait:
             await bot.send_message(
@@ -61,11 +68,9 @@ class JobStarter:
             )
             return Outcome(problem="rate")
         style_refs = style_refs or []
-        label = (
-            texts.style_name(style or "")
-            if engine == "cyclegan"
-            else f"{texts.NST_NAME} ({len(style_refs)} style image{texts.plural(len(style_refs))})"
-        )
+        if named is not None:
+            engine = named.engine
+        label = texts.job_label(engine, style or "", len(style_refs), named.name if named else None)
         ticket = current_ticket.get()
         key = ticket.key(content.file_id) if ticket else None
         if ticket and key and ticket.update.replay:
@@ -94,8 +99,14 @@ class JobStarter:
         try:
             content_bytes = await download(bot, content)
             style_bytes = [await download(bot, ref) for ref in style_refs]
+            if named is not None:
+                style_bytes = await asyncio.to_thread(
+                    named_styles.load_images, self.queue.settings, self.queue.store, named
+                )
         except InputProblem as exc:
             problem = str(exc)
+        except StyleRefused as exc:
+            problem = exc.message
         except BaseException:
             sending.cancel()
             raise
@@ -111,14 +122,19 @@ class JobStarter:
             return await fail(problem, Outcome(problem="input"))
         try:
             prefs = await self.prefs(user_id)
+            job_params = {**prefs.params(), **(params or {})}
+            if named is not None:
+                # The style's record decides: its strength (none: the engine's default) and weights.
+                job_params.pop("strength", None)
+                job_params.update(named.params)
             request = JobRequest(
                 source="telegram",
                 owner=str(user_id),
                 engine=engine,
                 content=content_bytes,
-                styles=[style] if engine == "cyclegan" and style else [],
+                styles=[named.name] if named else [style] if engine == "cyclegan" and style else [],
                 style_images=style_bytes,
-                params=prefs.params(),
+                params=job_params,
                 reply={
                     "chat_id": chat_id,
                     "user_id": user_id,

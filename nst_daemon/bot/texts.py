@@ -25,6 +25,9 @@ STYLE_LINES = {
 NST_NAME = "Multi-style NST"
 NST_LINE = "your own style images (one or more) painted onto your photo; slower, see /nst"
 PRESETS = ("fast", "balanced", "best")
+# The engines for one's own style images, as the /nst flow and /settings name them.
+ENGINE_NAMES = {"adain": "Instant", "nst": "Painted (slower, finer)"}
+INSTANT_NAME = "Instant"
 
 COMMANDS = {
     "start": "Welcome and style buttons",
@@ -34,12 +37,24 @@ COMMANDS = {
     "go": "Start the multi-style transfer",
     "cancel": "Leave the current step, or stop your job",
     "status": "Your jobs, queue position and progress",
-    "settings": "Quality and colour options",
+    "settings": "Quality, strength, Instant or Painted, colour options",
+    "savestyle": "Save your own style images under a name: /savestyle NAME",
 }
 
 
 def style_name(style: str) -> str:
     return STYLE_NAMES.get(style, style)
+
+
+def job_label(engine: str, style: str, style_images: int, named: str | None = None) -> str:
+    """How a job is called in its status message and result: 'Monet', 'mycat', 'Instant (2 style images)'."""
+    if named:
+        return named
+    if engine == "cyclegan":
+        return style_name(style) if style else "Style"
+    count = max(1, style_images)
+    name = INSTANT_NAME if engine == "adain" else NST_NAME
+    return f"{name} ({count} style image{plural(count)})"
 
 
 def styles_inline() -> str:
@@ -72,7 +87,10 @@ def help_text(default_style: str) -> str:
         f"• {default}\n"
         "• Files work too: send an image as a file (uncompressed) and it is used as is, up to 20 MB.\n"
         "• /nst: send a content photo, then one or more style images (an album counts as several), "
-        "then press Stylize or send /go.\n\n"
+        "then press Instant or Painted (or send /go for the one you chose last).\n"
+        "• Weights: a style image captioned with a number (2, or x2) counts that many times in the blend.\n"
+        "• /savestyle NAME, then style images: your own style, used by putting NAME in a caption.\n"
+        "• /settings: strength (how much of the style), Instant or Painted, quality, colours.\n\n"
         "Commands\n"
         + "\n".join(f"/{command} - {line}" for command, line in COMMANDS.items())
         + "\n\nWhile a job runs you get one status message that shows its place in the queue and its "
@@ -80,8 +98,10 @@ def help_text(default_style: str) -> str:
     )
 
 
-def styles_text() -> str:
+def styles_text(named: list[tuple[str, str]] | tuple[()] = ()) -> str:
+    """`named`: (name, engine) of the named styles the user may use, listed after the built-ins."""
     lines = [f"• {style} ({style_name(style)}): {STYLE_LINES[style]}" for style in CYCLEGAN_STYLES]
+    lines += [f"• {name}: named style ({ENGINE_NAMES.get(engine, engine)})" for name, engine in named]
     lines.append(f"• /nst ({NST_NAME}): {NST_LINE}")
     return "Styles (put the name in a photo's caption, or use the buttons):\n\n" + "\n".join(lines)
 
@@ -98,16 +118,23 @@ CHOSEN = "Style: {style}."
 NST_START = "Multi-style NST. Step 1 of 2: send the content photo (the picture to repaint)."
 NST_GOT_CONTENT = (
     "Got the content photo. Step 2 of 2: send one or more style images (an album counts as several), "
-    "then press Stylize or send /go."
+    "then press Instant or Painted (or /go)."
 )
-NST_GOT_STYLES = "Got {count} style image{s}. Send more, or press Stylize (or /go)."
-NST_TOO_MANY = "That's the limit of {limit} style images. Press Stylize (or /go) to start."
+NST_GOT_STYLES = "Got {count} style image{s}{weights}. Send more, or press Instant or Painted (or /go)."
+NST_WEIGHTS = " (weights {weights})"
+NST_TOO_MANY = "That's the limit of {limit} style images. Press Instant or Painted (or /go) to start."
+BAD_WEIGHT = (
+    'A style image\'s caption is its weight, a number from 0.1 to 100 such as 2 or x2; "{caption}" '
+    "is not one. Send the image again."
+)
 NST_NEED_CONTENT = "Send the content photo first (the picture to repaint), or /cancel."
-NST_NEED_STYLE = "Send at least one style image first, then press Stylize or /go."
+NST_NEED_STYLE = "Send at least one style image first, then press Instant or Painted (or /go)."
 NST_NOT_IN_FLOW = "There is nothing to stylize yet: start with /nst."
 NST_BAD_CONTENT = "Send /nst to start again with another content photo."
-NST_BAD_STYLE_DROPPED = "I dropped that style image: send another one, or press Stylize (or /go)."
-NST_WAITING_STYLES = "Send style images (photos or image files), then press Stylize or /go. /cancel leaves."
+NST_BAD_STYLE_DROPPED = "I dropped that style image: send another one, or press Instant or Painted (or /go)."
+NST_WAITING_STYLES = (
+    "Send style images (photos or image files), then press Instant or Painted (or /go). /cancel leaves."
+)
 
 ALREADY_IN_FLOW = "You are in the middle of {what}. Carry on, or send /cancel to start over."
 FLOW_NAMES = {
@@ -115,7 +142,27 @@ FLOW_NAMES = {
     "Nst:styles": "a multi-style NST (waiting for style images)",
     "Quick:choosing_style": "choosing a style for your photo",
     "Quick:waiting_photo": "a stylization (waiting for your photo)",
+    "SaveStyle:images": "saving a style (waiting for its images)",
+    "SaveStyle:naming": "saving a style (waiting for its name)",
 }
+
+# --- named styles ---
+
+SAVE_AS_STYLE_BUTTON = "Save as style…"
+SAVESTYLE_USAGE = "Send /savestyle NAME, then the style images: NAME becomes your own style."
+SAVESTYLE_SEND_IMAGES = (
+    'Send the style image(s) for "{name}" (an album counts as several; a number as caption is a weight), '
+    "then press Save style or send /done."
+)
+SAVESTYLE_GOT = 'Got {count} image{s} for "{name}". Send more, or press Save style (or /done).'
+SAVESTYLE_ASK_NAME = "What name for this style? Send one word (letters and digits)."
+SAVESTYLE_NEED_IMAGE = "Send at least one style image first, then press Save style or /done."
+SAVESTYLE_NOT_IN_FLOW = "Nothing to save: send /savestyle NAME first."
+SAVED_STYLE = (
+    'Saved your style "{name}" ({engine}, {count} image{s}). Put {name} in a photo\'s caption to use it; '
+    "only you can."
+)
+STYLE_REFUSED = "Can't save that style: {reason}."
 
 # --- jobs ---
 
@@ -180,7 +227,9 @@ RECENT_HEADER = "Recent:"
 
 SETTINGS = (
     "Your settings\n\n"
-    "Quality (multi-style NST): {preset} (fast is quickest, best is slowest and finest)\n"
+    "Your own style images: {engine} (Instant takes seconds; Painted is slower and finer)\n"
+    "Strength: {strength}% (how much of the style; lower keeps more of your photo)\n"
+    "Quality (painted NST): {preset} (fast is quickest, best is slowest and finest)\n"
     "Preserve colours: {colors} (keep your photo's colours, take only the style's texture)\n"
     "Live preview: {preview} (multi-style NST: the status shows the picture as it forms)"
 )

@@ -1,4 +1,6 @@
-"""/nst: a content photo, then one or more style images (albums count as several), then Stylize or /go.
+"""/nst: a content photo, then one or more style images (albums count as several), then Instant (AdaIN) or
+Painted (Gatys NST), or /go for the one the user chose last (/settings; by default what `nstd stylize`
+picks on this machine). A style image's caption may give its weight in the blend ("2", "x2").
 
 Only file ids are kept in the conversation state, so a restart resumes at the same step and nothing is
 downloaded until the job is submitted.
@@ -6,6 +8,7 @@ downloaded until the job is submitted.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiogram import Bot, F, Router
@@ -22,6 +25,8 @@ from nst_daemon.bot.states import Nst
 
 MAX_STYLE_IMAGES = 8
 IMAGE = F.photo | F.document
+WEIGHT = re.compile(r"[x×*]?\s*(\d+(?:\.\d+)?)\s*[x×]?", re.IGNORECASE)
+MIN_WEIGHT, MAX_WEIGHT = 0.1, 100.0
 
 
 async def nst(message: Message, state: FSMContext) -> None:
@@ -46,24 +51,56 @@ async def content_image(message: Message, state: FSMContext) -> None:
     await begin_with_content(message, state, ref)
 
 
-async def style_image(message: Message, state: FSMContext, bot: Bot) -> None:
+def parse_weight(caption: str | None) -> float | None:
+    """A style image's caption as its weight: '2', 'x2', '×1.5', '2x'; None when it is not one."""
+    match = WEIGHT.fullmatch((caption or "").strip().replace(",", "."))
+    if match is None:
+        return None
+    weight = float(match.group(1))
+    return weight if MIN_WEIGHT <= weight <= MAX_WEIGHT else None
+
+
+def weights_of(styles: list[dict[str, Any]]) -> list[float] | None:
+    """The job's `style_weights`: None when every image counts the same."""
+    weights = [float(item.get("weight", 1.0)) for item in styles]
+    return None if len(set(weights)) <= 1 else weights
+
+
+async def style_image(message: Message, state: FSMContext, bot: Bot, services: Services) -> None:
     try:
         ref = image_ref(message)
     except InputProblem as exc:
         await message.answer(str(exc))
         return
+    weight = 1.0
+    if message.caption:
+        weight = parse_weight(message.caption)
+        if weight is None:
+            await message.answer(texts.BAD_WEIGHT.format(caption=message.caption.strip()[:40]))
+            return
     data = await state.get_data()
     styles: list[dict[str, Any]] = data.get("styles", [])
     if len(styles) >= MAX_STYLE_IMAGES:
         await message.answer(texts.NST_TOO_MANY.format(limit=MAX_STYLE_IMAGES))
         return
     if all(item.get("file_id") != ref.file_id for item in styles):  # a replay after a crash adds it once
-        styles.append(ref.to_dict())
+        # An album's caption (on its first photo) weighs all of its photos.
+        group = message.media_group_id
+        if not message.caption and group and group == data.get("group"):
+            weight = float(data.get("group_weight", 1.0))
+        styles.append({**ref.to_dict(), **({"weight": weight} if weight != 1.0 else {})})
+        if message.caption:
+            data["group_weight"] = weight
     group = message.media_group_id
     same_album = bool(group) and group == data.get("group") and data.get("ack_id")
     # Remember the image before replying: a failed reply must not lose it.
-    await state.update_data(styles=styles, group=group)
-    text = texts.NST_GOT_STYLES.format(count=len(styles), s=texts.plural(len(styles)))
+    await state.update_data(styles=styles, group=group, group_weight=data.get("group_weight", 1.0))
+    weights = weights_of(styles)
+    shown = texts.NST_WEIGHTS.format(weights=", ".join(f"{w:g}" for w in weights)) if weights else ""
+    text = texts.NST_GOT_STYLES.format(count=len(styles), s=texts.plural(len(styles)), weights=shown)
+    assert message.from_user is not None
+    prefs = await services.prefs(message.from_user.id)
+    keyboard = keyboards.stylize_keyboard(services.style_engine(prefs))
     if same_album:
         # One acknowledgement per album, updated as its photos arrive.
         try:
@@ -71,13 +108,13 @@ async def style_image(message: Message, state: FSMContext, bot: Bot) -> None:
                 text=text,
                 chat_id=message.chat.id,
                 message_id=int(data["ack_id"]),
-                reply_markup=keyboards.stylize_keyboard(),
+                reply_markup=keyboard,
             )
             return
         except TelegramBadRequest as exc:
             if "not modified" in exc.message:
                 return
-    ack = await message.answer(text, reply_markup=keyboards.stylize_keyboard())
+    ack = await message.answer(text, reply_markup=keyboard)
     await state.update_data(ack_id=ack.message_id)
 
 
@@ -89,7 +126,10 @@ async def need_styles(message: Message) -> None:
     await message.answer(texts.NST_WAITING_STYLES)
 
 
-async def stylize(bot: Bot, state: FSMContext, services: Services, user_id: int, chat_id: int) -> None:
+async def stylize(
+    bot: Bot, state: FSMContext, services: Services, user_id: int, chat_id: int, engine: str = ""
+) -> None:
+    """Run the flow's job with `engine` (adain | nst), or with the user's remembered one."""
     current = await state.get_state()
     if current == Nst.content.state:
         await bot.send_message(chat_id=chat_id, text=texts.NST_NEED_CONTENT)
@@ -98,17 +138,24 @@ async def stylize(bot: Bot, state: FSMContext, services: Services, user_id: int,
         await bot.send_message(chat_id=chat_id, text=texts.NST_NOT_IN_FLOW)
         return
     data = await state.get_data()
-    styles = [ImageRef.from_dict(item) for item in data.get("styles", [])]
+    items: list[dict[str, Any]] = data.get("styles", [])
+    styles = [ImageRef.from_dict(item) for item in items]
     if not styles or "content" not in data:
         await bot.send_message(chat_id=chat_id, text=texts.NST_NEED_STYLE)
         return
+    prefs = await services.prefs(user_id)
+    if engine and engine != prefs.engine:
+        prefs.engine = engine  # the choice made here is the one /settings shows and /go uses next time
+        await services.save_prefs(user_id, prefs)
+    weights = weights_of(items)
     outcome = await services.starter.start(
         bot,
         user_id=user_id,
         chat_id=chat_id,
-        engine="nst",
+        engine=engine or services.style_engine(prefs),
         content=ImageRef.from_dict(data["content"]),
         style_refs=styles,
+        params={"style_weights": weights} if weights else None,
     )
     if outcome.job is not None:
         await state.clear()
@@ -119,8 +166,8 @@ async def stylize(bot: Bot, state: FSMContext, services: Services, user_id: int,
             await state.clear()
             await bot.send_message(chat_id=chat_id, text=texts.NST_BAD_CONTENT)
         else:
-            del styles[index - 1]
-            await state.update_data(styles=[ref.to_dict() for ref in styles])
+            del items[index - 1]
+            await state.update_data(styles=items)
             await bot.send_message(chat_id=chat_id, text=texts.NST_BAD_STYLE_DROPPED)
     # Busy, rate-limited or a transient failure: the flow stays as it is, ready for another try.
 
@@ -138,6 +185,21 @@ async def go_button(
     await stylize(bot, state, services, query.from_user.id, chat_id)
 
 
+async def run_with(
+    query: CallbackQuery,
+    callback_data: keyboards.RunWith,
+    state: FSMContext,
+    services: Services,
+    bot: Bot,
+    answer: CallbackAnswer,
+) -> None:
+    await answer()
+    if callback_data.engine not in texts.ENGINE_NAMES:
+        return
+    chat_id = query.message.chat.id if query.message else query.from_user.id
+    await stylize(bot, state, services, query.from_user.id, chat_id, callback_data.engine)
+
+
 def router() -> Router:
     """A new router each call: aiogram attaches a router to one dispatcher only."""
     feature = Router(name="nst")
@@ -148,4 +210,5 @@ def router() -> Router:
     feature.message.register(need_styles, Nst.styles, F.text & ~F.text.startswith("/"))
     feature.message.register(go, Command("go"))
     feature.callback_query.register(go_button, keyboards.Stylize.filter())
+    feature.callback_query.register(run_with, keyboards.RunWith.filter())
     return feature

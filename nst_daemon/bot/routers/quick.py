@@ -1,5 +1,5 @@
-"""Quick paths: a photo captioned with a style is stylized at once; an uncaptioned one gets the default
-style, or style buttons. A style button pressed first makes the next photo use that style.
+"""Quick paths: a photo captioned with a style (built-in or named) is stylized at once; an uncaptioned one
+gets the default style, or style buttons. A style button pressed first makes the next photo use that style.
 
 Albums: Telegram sends each photo of an album as its own message, with the caption on the first only,
 so the album's style (or its pending question) is remembered by media_group_id in the conversation data.
@@ -30,15 +30,43 @@ NST_CAPTIONS = ("nst", "multistylenst", "multistyle")
 
 async def submit(message: Message, bot: Bot, services: Services, style: str, ref: ImageRef) -> None:
     assert message.from_user is not None
+    await start_style(bot, services, message.from_user.id, message.chat.id, style, ref, message.message_id)
+
+
+async def start_style(
+    bot: Bot,
+    services: Services,
+    user_id: int,
+    chat_id: int,
+    style: str,
+    ref: ImageRef,
+    reply_to: int | None = None,
+) -> None:
+    """A built-in style's job, or a named style's (looked up now: one added since works at once)."""
+    named = None if style in CYCLEGAN_STYLES else services.named_style(style, user_id)
     await services.starter.start(
         bot,
-        user_id=message.from_user.id,
-        chat_id=message.chat.id,
+        user_id=user_id,
+        chat_id=chat_id,
         engine="cyclegan",
         style=style,
         content=ref,
-        reply_to=message.message_id,
+        reply_to=reply_to,
+        named=named,
     )
+
+
+def known_style(services: Services, text: str, user_id: int) -> str | None:
+    """The style `text` names for this user (a built-in or a named style), in its one spelling."""
+    style = texts.normalize_style(text)
+    if style in CYCLEGAN_STYLES:
+        return style
+    named = services.named_style(style, user_id)
+    return named.name if named else None
+
+
+def style_buttons(services: Services, user_id: int) -> Any:
+    return keyboards.styles_keyboard([style.name for style in services.named_styles(user_id)])
 
 
 async def _remember_album(
@@ -74,41 +102,49 @@ async def photo(
             await submit(message, bot, services, data["album_style"], ref)
             return
         if current == Quick.choosing_style.state:
-            await _add_to_question(message, state, bot, data, ref)
+            await _add_to_question(message, state, bot, services, data, ref)
             return
 
+    assert message.from_user is not None
+    user_id = message.from_user.id
     style: str | None = None
     if message.caption:
-        style = texts.normalize_style(message.caption)
-        if style in NST_CAPTIONS:
+        if texts.normalize_style(message.caption) in NST_CAPTIONS:
             await begin_with_content(message, state, ref)
             return
-        if style not in CYCLEGAN_STYLES:
+        style = known_style(services, message.caption, user_id)
+        if style is None:
             shown = message.caption.strip()[:40]
             if group:
                 await state.set_state(None)
                 await state.set_data({"album_group": group, "album_skip": True})
-            await message.answer(texts.UNKNOWN_STYLE.format(style=shown, styles=texts.styles_inline()))
+            await message.answer(
+                texts.UNKNOWN_STYLE.format(style=shown, styles=styles_inline(services, user_id))
+            )
             return
     elif current == Quick.waiting_photo.state:
         style = data.get("style")
-    elif services.settings.default_style in CYCLEGAN_STYLES:
-        # A named style as the default serves the folder and the CLI; the bot does not run named styles
-        # yet, so it asks with buttons rather than failing the job.
-        style = services.settings.default_style
+    elif services.settings.default_style:
+        # A built-in or a named style; one removed since asks with buttons rather than failing the job.
+        style = known_style(services, services.settings.default_style, user_id)
 
     if style is None:
         await state.set_state(Quick.choosing_style)
         await state.set_data({"photos": [ref.to_dict()], "album_group": group})
-        ask = await message.answer(texts.CHOOSE_STYLE, reply_markup=keyboards.styles_keyboard())
+        ask = await message.answer(texts.CHOOSE_STYLE, reply_markup=style_buttons(services, user_id))
         await state.update_data(ask_id=ask.message_id)
         return
     await _remember_album(state, group, style, known=(current, data))
     await submit(message, bot, services, style, ref)
 
 
+def styles_inline(services: Services, user_id: int) -> str:
+    named = [style.name for style in services.named_styles(user_id)]
+    return ", ".join([texts.styles_inline(), *named])
+
+
 async def _add_to_question(
-    message: Message, state: FSMContext, bot: Bot, data: dict[str, Any], ref: ImageRef
+    message: Message, state: FSMContext, bot: Bot, services: Services, data: dict[str, Any], ref: ImageRef
 ) -> None:
     photos = [*data.get("photos", []), ref.to_dict()]
     await state.update_data(photos=photos)
@@ -119,7 +155,7 @@ async def _add_to_question(
                 text=texts.CHOOSE_STYLE_ALBUM.format(count=len(photos)),
                 chat_id=message.chat.id,
                 message_id=int(data["ask_id"]),
-                reply_markup=keyboards.styles_keyboard(),
+                reply_markup=style_buttons(services, message.from_user.id if message.from_user else 0),
             )
 
 
@@ -131,9 +167,15 @@ async def choose_style(
     services: Services,
     answer: CallbackAnswer,
 ) -> None:
-    style = callback_data.style
-    if style != keyboards.NST and style not in CYCLEGAN_STYLES:
-        await answer(texts.UNKNOWN_STYLE.format(style=style, styles=texts.styles_inline()))
+    user_id = query.from_user.id
+    style = (
+        callback_data.style
+        if callback_data.style == keyboards.NST
+        else known_style(services, callback_data.style, user_id)
+    )
+    if style is None:  # a named style removed since the buttons were sent
+        styles = styles_inline(services, user_id)
+        await answer(texts.UNKNOWN_STYLE.format(style=callback_data.style, styles=styles))
         return
     await answer()
     message = query.message if isinstance(query.message, Message) else None
@@ -156,9 +198,7 @@ async def choose_style(
         # The photos become jobs before the question is forgotten: a crash in between replays this
         # press with the photos still there (intake.py), and the ones already queued are not queued twice.
         for ref in pending:
-            await services.starter.start(
-                bot, user_id=query.from_user.id, chat_id=chat_id, engine="cyclegan", style=style, content=ref
-            )
+            await start_style(bot, services, user_id, chat_id, style, ref)
         await _remember_album(state, data.get("album_group"), style)
         return
 

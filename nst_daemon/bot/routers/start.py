@@ -7,9 +7,9 @@ from aiogram.filters import Command, CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.types import Message
 
-from nst_daemon.bot import keyboards, texts
+from nst_daemon.bot import texts
 from nst_daemon.bot.context import Services
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.bot.routers.quick import known_style, style_buttons
 
 
 async def start(message: Message, state: FSMContext, services: Services) -> None:
@@ -18,11 +18,16 @@ async def start(message: Message, state: FSMContext, services: Services) -> None
         what = texts.FLOW_NAMES.get(current, "a conversation")
         await message.answer(texts.ALREADY_IN_FLOW.format(what=what))
         return
-    await message.answer(texts.welcome(_bot_default(services)), reply_markup=keyboards.styles_keyboard())
+    assert message.from_user is not None
+    user_id = message.from_user.id
+    await message.answer(
+        texts.welcome(_bot_default(services, user_id)), reply_markup=style_buttons(services, user_id)
+    )
 
 
 async def help_command(message: Message, services: Services) -> None:
-    await message.answer(texts.help_text(_bot_default(services)))
+    assert message.from_user is not None
+    await message.answer(texts.help_text(_bot_default(services, message.from_user.id)))
 
 
 def router() -> Router:
@@ -33,7 +38,7 @@ def router() -> Router:
     return feature
 
 
-def _bot_default(services: Services) -> str:
-    """The default style as the bot applies it: a named style serves the folder and the CLI only so far."""
+def _bot_default(services: Services, user_id: int) -> str:
+    """The default style as the bot applies it: a built-in or a named style that exists ("" for none)."""
     default = services.settings.default_style
-    return default if default in CYCLEGAN_STYLES else ""
+    return (known_style(services, default, user_id) or "") if default else ""
