@@ -216,7 +216,7 @@ def test_nst_with_two_style_images(bot: Bot) -> None:
     server.wait_text(user, "Step 2 of 2", since=mark)
     server.send_album(user, [image_bytes(color=(220, 30, 30)), image_bytes(color=(20, 200, 40))])
     server.wait_text(user, "Got 2 style images", since=mark)
-    server.press(user, "go")
+    server.press(user, "run:nst")
     result = bot.result(user, mark, timeout=120)
     assert result.text.startswith("Multi-style NST (2 style images) · ")
     job = bot.jobs(user)[-1]
