@@ -155,7 +155,7 @@ def add(
     """`nstd styles add`: everyone's style from image files (see `add_images`)."""
     key = check_name(name)
     _check_params(engine, strength, weights, len(images))
-    _check_free(db, key, "", force)
+    check_free(db, key, "", force)
     read = [_read_image(Path(path), settings) for path in images]
     return add_images(
         settings, db, store, key, read, engine=engine, strength=strength, weights=weights, force=force
@@ -181,7 +181,7 @@ def add_images(
     everyone's style either: the name would mean two things to that user."""
     key = check_name(name)
     _check_params(engine, strength, weights, len(images))
-    old = _check_free(db, key, owner, force)
+    old = check_free(db, key, owner, force)
     check_models(settings, engine)
     bucket = settings.store.bucket
     version = time.time_ns()
@@ -213,8 +213,8 @@ def add_images(
     return added
 
 
-def _check_free(db: sqlite_utils.Database, key: str, owner: str, force: bool) -> NamedStyle | None:
-    """The style `key` of `owner` that `force` replaces, or a refusal when the name is taken."""
+def check_free(db: sqlite_utils.Database, key: str, owner: str, force: bool) -> NamedStyle | None:
+    """The style `key` (normalised) of `owner` that `force` replaces, or a refusal when the name is taken."""
     if owner and get(db, key) is not None:
         raise StyleRefused(f"{key!r} is the name of a shared style; choose another name")
     old = get(db, key, owner)

@@ -13,3 +13,8 @@ class Quick(StatesGroup):
 class Nst(StatesGroup):
     content = State()  # waiting for the content image
     styles = State()  # data: content, styles (image refs), group, ack_id
+
+
+class SaveStyle(StatesGroup):
+    images = State()  # /savestyle NAME: data name, styles (image refs with weights), group, ack_id
+    naming = State()  # "Save as style…" in /nst: data styles; waiting for the name

@@ -154,7 +154,7 @@ SAVESTYLE_SEND_IMAGES = (
     'Send the style image(s) for "{name}" (an album counts as several; a number as caption is a weight), '
     "then press Save style or send /done."
 )
-SAVESTYLE_GOT = 'Got {count} image{s} for "{name}". Send more, or press Save style (or /done).'
+SAVESTYLE_GOT = 'Got {count} image{s}{weights} for "{name}". Send more, or press Save style (or /done).'
 SAVESTYLE_ASK_NAME = "What name for this style? Send one word (letters and digits)."
 SAVESTYLE_NEED_IMAGE = "Send at least one style image first, then press Save style or /done."
 SAVESTYLE_NOT_IN_FLOW = "Nothing to save: send /savestyle NAME first."

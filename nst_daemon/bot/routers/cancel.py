@@ -20,7 +20,7 @@ from nst_daemon.bot.context import Services
 from nst_daemon.bot.status_messages import job_label
 from nst_daemon.jobs import Job
 
-FLOW_LABELS = {"Nst": "multi-style NST", "Quick": "style choice"}
+FLOW_LABELS = {"Nst": "multi-style NST", "Quick": "style choice", "SaveStyle": "style you were saving"}
 
 
 async def cancel_job(services: Services, job: Job) -> str:

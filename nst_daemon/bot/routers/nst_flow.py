@@ -8,25 +8,21 @@ downloaded until the job is submitted.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.callbacks import CallbackAnswer
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
 from nst_daemon.bot.states import Nst
+from nst_daemon.bot.style_images import collect, image_refs, weights_of, weights_text
 
-MAX_STYLE_IMAGES = 8
 IMAGE = F.photo | F.document
-WEIGHT = re.compile(r"[x×*]?\s*(\d+(?:\.\d+)?)\s*[x×]?", re.IGNORECASE)
-MIN_WEIGHT, MAX_WEIGHT = 0.1, 100.0
 
 
 async def nst(message: Message, state: FSMContext) -> None:
@@ -51,71 +47,17 @@ async def content_image(message: Message, state: FSMContext) -> None:
     await begin_with_content(message, state, ref)
 
 
-def parse_weight(caption: str | None) -> float | None:
-    """A style image's caption as its weight: '2', 'x2', '×1.5', '2x'; None when it is not one."""
-    match = WEIGHT.fullmatch((caption or "").strip().replace(",", "."))
-    if match is None:
-        return None
-    weight = float(match.group(1))
-    return weight if MIN_WEIGHT <= weight <= MAX_WEIGHT else None
-
-
-def weights_of(styles: list[dict[str, Any]]) -> list[float] | None:
-    """The job's `style_weights`: None when every image counts the same."""
-    weights = [float(item.get("weight", 1.0)) for item in styles]
-    return None if len(set(weights)) <= 1 else weights
-
-
 async def style_image(message: Message, state: FSMContext, bot: Bot, services: Services) -> None:
-    try:
-        ref = image_ref(message)
-    except InputProblem as exc:
-        await message.answer(str(exc))
-        return
-    weight = 1.0
-    if message.caption:
-        weight = parse_weight(message.caption)
-        if weight is None:
-            await message.answer(texts.BAD_WEIGHT.format(caption=message.caption.strip()[:40]))
-            return
-    data = await state.get_data()
-    styles: list[dict[str, Any]] = data.get("styles", [])
-    if len(styles) >= MAX_STYLE_IMAGES:
-        await message.answer(texts.NST_TOO_MANY.format(limit=MAX_STYLE_IMAGES))
-        return
-    if all(item.get("file_id") != ref.file_id for item in styles):  # a replay after a crash adds it once
-        # An album's caption (on its first photo) weighs all of its photos.
-        group = message.media_group_id
-        if not message.caption and group and group == data.get("group"):
-            weight = float(data.get("group_weight", 1.0))
-        styles.append({**ref.to_dict(), **({"weight": weight} if weight != 1.0 else {})})
-        if message.caption:
-            data["group_weight"] = weight
-    group = message.media_group_id
-    same_album = bool(group) and group == data.get("group") and data.get("ack_id")
-    # Remember the image before replying: a failed reply must not lose it.
-    await state.update_data(styles=styles, group=group, group_weight=data.get("group_weight", 1.0))
-    weights = weights_of(styles)
-    shown = texts.NST_WEIGHTS.format(weights=", ".join(f"{w:g}" for w in weights)) if weights else ""
-    text = texts.NST_GOT_STYLES.format(count=len(styles), s=texts.plural(len(styles)), weights=shown)
     assert message.from_user is not None
     prefs = await services.prefs(message.from_user.id)
     keyboard = keyboards.stylize_keyboard(services.style_engine(prefs))
-    if same_album:
-        # One acknowledgement per album, updated as its photos arrive.
-        try:
-            await bot.edit_message_text(
-                text=text,
-                chat_id=message.chat.id,
-                message_id=int(data["ack_id"]),
-                reply_markup=keyboard,
-            )
-            return
-        except TelegramBadRequest as exc:
-            if "not modified" in exc.message:
-                return
-    ack = await message.answer(text, reply_markup=keyboard)
-    await state.update_data(ack_id=ack.message_id)
+
+    def reply(styles: list[dict[str, Any]]) -> tuple[str, InlineKeyboardMarkup]:
+        count = len(styles)
+        text = texts.NST_GOT_STYLES.format(count=count, s=texts.plural(count), weights=weights_text(styles))
+        return text, keyboard
+
+    await collect(message, state, bot, reply)
 
 
 async def need_content(message: Message) -> None:
@@ -139,7 +81,7 @@ async def stylize(
         return
     data = await state.get_data()
     items: list[dict[str, Any]] = data.get("styles", [])
-    styles = [ImageRef.from_dict(item) for item in items]
+    styles = image_refs(items)
     if not styles or "content" not in data:
         await bot.send_message(chat_id=chat_id, text=texts.NST_NEED_STYLE)
         return
