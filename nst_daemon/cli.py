@@ -407,6 +407,20 @@ def styles_remove(name: Annotated[str, typer.Argument(help="The named style to r
     console.print(f"style {style.name} removed", highlight=False)
 
 
+@styles_app.command("sheet")
+def styles_sheet(
+    photo: Annotated[Path, typer.Argument(help="The photo to show in every style.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The sheet to write (.jpg or .png).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output file.", metavar="")
+    ] = False,
+) -> None:
+    """One picture of PHOTO in every available style (built-in and named), each tile labelled."""
+    from nst_daemon.style_sheet import make_sheet_file
+
+    make_sheet_file(settings(), photo, output, force=force, console=console)
+
+
 def main() -> None:
     """Console-script entry point: user errors are one line on stderr, tracebacks only with --debug."""
     try:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from fake_telegram import Call, FakeTelegram
 from PIL import Image
-from test_bot_flows import BotHarness, jpeg, result_call
+from test_bot_flows import BotHarness, MemoryStore, jpeg, result_call
 
 from nst_daemon import named_styles
 from nst_daemon.config import Settings
@@ -38,9 +39,20 @@ def install_stand_ins(models: Path, names: tuple[str, ...]) -> None:
     write_manifest(models, entries)
 
 
+class S3LikeStore(MemoryStore):
+    """A missing key is S3's NoSuchKey, as from the local store and boto3 (the sheet cache asks for it)."""
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        if Key not in self.objects:
+            error = {"Error": {"Code": "NoSuchKey", "Message": "The specified key does not exist."}}
+            raise ClientError(error, "GetObject")
+        return super().get_object(Bucket, Key)
+
+
 class StylesHarness(BotHarness):
     def __init__(self, server: FakeTelegram, state_dir: Path, default_style: str = "") -> None:
         super().__init__(server, state_dir)
+        self.store = S3LikeStore()
         self.default_style = default_style
         install_stand_ins(state_dir / "models", tuple(ADAIN_MODELS))
 
@@ -104,6 +116,13 @@ def start_nst(server: FakeTelegram, user: int, mark: int, *captions: str | None)
         server.send_photo(user, jpeg(color=(index * 20, 0, 0)), caption=caption)
         call = server.wait_text(user, f"Got {index} style image", since=mark)
     return call
+
+
+def sheet_call(server: FakeTelegram, user: int, since: int) -> Call:
+    return server.wait_for(
+        lambda c: c.method == "sendPhoto" and c.chat_id == user and c.text.startswith("Every style"),
+        since=since,
+    )
 
 
 # --- Instant vs Painted ---
@@ -232,7 +251,9 @@ def test_named_styles_in_buttons_and_styles(
     server.send_text(user, "/styles")
     call = server.wait_text(user, "^Styles", since=mark)
     assert "• ink: named style (Instant)" in call.text and "style:ink" in call.button_data
-    server.press(user, "style:ink")
+    sheet_call(server, user, mark)
+    mark = server.mark()
+    server.press(user, "style:ink", server.last_bot_message_with(user, "style:ink"))
     server.wait_text(user, "ink it is", since=mark)
     server.send_photo(user, jpeg())
     assert result_call(server, user, mark).text.startswith("ink · ")
@@ -312,6 +333,7 @@ def test_savestyle_saves_a_private_style(server: FakeTelegram, harness: StylesHa
     assert last_job(harness, user)["params"]["style_weights"] == [2.0, 1.0]
     server.send_text(user, "/styles")
     assert "• mycat: named style" in server.wait_text(user, "^Styles", since=mark).text
+    sheet_call(server, user, mark)
 
     # Private: another user does not have it, and may save a style of the same name.
     other = next(_next_user)
@@ -379,3 +401,48 @@ def test_save_as_style_from_the_nst_flow(server: FakeTelegram, harness: StylesHa
     server.press(user, "saveas")
     server.send_text(user, "dusk")
     server.wait_text(user, "^Can't save that style: you already have a style 'dusk'", since=mark)
+
+
+# --- the style sheet ---
+
+
+def test_styles_sends_a_cached_style_sheet(own_server: FakeTelegram, tmp_path: Path) -> None:
+    server = own_server
+    harness = StylesHarness(server, tmp_path / "state")
+    install_stand_ins(tmp_path / "state" / "models", (*ADAIN_MODELS, "style_monet"))
+    harness.start()
+
+    def sheet_jobs() -> list[str]:
+        return [job.styles[0] for job in harness.runner.seen if job.owner == "style-sheet"]
+
+    def sheet_keys() -> list[str]:
+        return [key for key in harness.store.objects if key.startswith("sheets/")]
+
+    try:
+        user = 21998
+        harness.allow(user)
+        mark = server.mark()
+        server.send_text(user, "/styles")
+        server.wait_text(user, "^Styles", since=mark)
+        sheet = sheet_call(server, user, mark)
+        # The sample photo, then monet (the one built-in installed): two labelled tiles.
+        assert Image.open(io.BytesIO(sheet.files["photo"])).size == (2 * 256, 256 + 22)
+        assert sheet_jobs() == ["monet"] and len(sheet_keys()) == 1
+        assert harness.runner.seen[-1].params["max_side"] == 256
+
+        mark = server.mark()
+        server.send_text(user, "/styles")
+        again = sheet_call(server, user, mark)
+        assert again.files["photo"] == sheet.files["photo"]
+        assert sheet_jobs() == ["monet"]  # from the store: nothing ran
+
+        harness.add_shared_style("Moss", tmp_path)
+        mark = server.mark()
+        server.send_text(user, "/styles")
+        rebuilt = sheet_call(server, user, mark)
+        assert Image.open(io.BytesIO(rebuilt.files["photo"])).size == (2 * 256, 2 * (256 + 22))
+        assert sheet_jobs() == ["monet", "monet", "moss"] and len(sheet_keys()) == 2
+        moss = harness.runner.seen[-1]
+        assert moss.engine == "adain" and moss.params["style_name"] == "moss"
+    finally:
+        harness.close()

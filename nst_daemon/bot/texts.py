@@ -106,6 +106,9 @@ def styles_text(named: list[tuple[str, str]] | tuple[()] = ()) -> str:
     return "Styles (put the name in a photo's caption, or use the buttons):\n\n" + "\n".join(lines)
 
 
+STYLE_SHEET_CAPTION = "Every style on one photo: put a style's name in a caption, or use the buttons above."
+NO_STYLE_SHEET = "(The picture of every style could not be drawn just now; the list above is complete.)"
+
 # --- quick path and flows ---
 
 CHOOSE_STYLE = "Which style? Pick one (or Multi-style NST to use your own style images)."

@@ -1,21 +1,67 @@
-"""/styles: each style with one line of description (built-in and named), and buttons to pick one."""
+"""/styles: each style with one line of description (built-in and named) and buttons to pick one, then the
+style sheet: one picture of a sample photo in every style (style_sheet.py), kept in the object store under
+a key that changes with the set of styles, so it is drawn once per change.
+"""
 
 from __future__ import annotations
 
-from aiogram import Router
-from aiogram.filters import Command
-from aiogram.types import Message
+import asyncio
+import logging
 
+from aiogram import Bot, Router
+from aiogram.filters import Command
+from aiogram.types import BufferedInputFile, Message
+
+from nst_daemon import imaging, style_sheet
 from nst_daemon.bot import texts
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.routers.quick import style_buttons
+from nst_daemon.errors import describe_failure
+from nst_daemon.store import get_bytes, is_not_found
+
+log = logging.getLogger(__name__)
+
+SHEET_PREFIX = "sheets/"
+SAMPLE_PHOTO = style_sheet.sample_photo()
 
 
-async def styles(message: Message, services: Services) -> None:
+async def styles(message: Message, services: Services, bot: Bot) -> None:
     assert message.from_user is not None
     user_id = message.from_user.id
     named = [(style.name, style.engine) for style in services.named_styles(user_id)]
     await message.answer(texts.styles_text(named), reply_markup=style_buttons(services, user_id))
+    try:
+        sheet = await style_sheet_jpeg(services, user_id)
+    except Exception as exc:  # the list and the buttons are there; the picture is a bonus
+        log.warning("telegram: no style sheet for user %s: %s", user_id, describe_failure(exc))
+        await message.answer(texts.NO_STYLE_SHEET)
+        return
+    if sheet is not None:
+        photo = BufferedInputFile(sheet, filename="styles.jpg")
+        await bot.send_photo(chat_id=message.chat.id, photo=photo, caption=texts.STYLE_SHEET_CAPTION)
+
+
+async def style_sheet_jpeg(services: Services, user_id: int) -> bytes | None:
+    """The sheet of the styles this user can pick, from the store, or drawn (through the engines) and
+    stored; None when there is no style to show."""
+    settings, store, bucket = services.settings, services.queue.store, services.settings.store.bucket
+    available = style_sheet.available(settings, services.db, str(user_id))
+    if not available:
+        return None
+    key = f"{SHEET_PREFIX}{style_sheet.cache_key(available, SAMPLE_PHOTO)}.jpg"
+    try:
+        return await asyncio.to_thread(get_bytes, store, bucket, key)
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
+
+    def draw() -> bytes:
+        sheet = style_sheet.build(settings, services.queue.runner, store, SAMPLE_PHOTO, available)
+        data = imaging.encode_image(sheet, "jpeg")
+        store.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/jpeg")
+        return data
+
+    return await asyncio.to_thread(draw)
 
 
 def router() -> Router:
