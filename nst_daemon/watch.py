@@ -41,7 +41,9 @@ from nst_daemon.watch_files import (
 log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".partial", "~")
-STYLE_FOLDERS = (*CYCLEGAN_STYLES, "default", "nst")
+STYLE_FOLDERS = (*CYCLEGAN_STYLES, "default", "nst", "instant")
+# The folders that take every image in styles/ as the style: Gatys NST (painted) and AdaIN (instant).
+STYLE_IMAGE_ENGINES = {"nst": "nst", "instant": "adain"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 RESCAN_INTERVAL_S = 30.0
 # Unexpected errors (not an OSError: those pass, like a full disk) a file may cause before it is moved to
@@ -251,7 +253,7 @@ class FolderWatcher:
         request = JobRequest(
             source="folder",
             owner=str(path),
-            engine="nst" if folder == "nst" else "cyclegan",
+            engine=STYLE_IMAGE_ENGINES.get(folder, "cyclegan"),
             content=b"",
             reply={"path": str(path), "folder": folder, "name": path.name},
         )
@@ -274,7 +276,7 @@ class FolderWatcher:
                     named_styles.load_images, self.settings, self.queue.store, named
                 )
                 style_names = [f"{named.name} image {n}" for n in range(1, len(request.style_images) + 1)]
-            elif folder == "nst":
+            elif folder in STYLE_IMAGE_ENGINES:
                 style_names, request.style_images = await asyncio.to_thread(self._style_images)
             else:
                 request.styles = [style]
@@ -372,7 +374,9 @@ class FolderWatcher:
         published = find_published(staged)
         if published is None:
             stage(staged, result)
-            label = job.params.get("style_name") or (job.styles[0] if job.engine == "cyclegan" else "nst")
+            label = job.params.get("style_name") or (
+                job.styles[0] if job.engine == "cyclegan" else job.reply.get("folder") or job.engine
+            )
             stem, _suffix = split_name(job.reply["name"])
             # Never the name of an existing file: the same photo dropped twice gets two results.
             published = publish(staged, stem, f".{label}.jpg")
