@@ -26,6 +26,7 @@ pytestmark = pytest.mark.timeout(240)
 
 SECRET = DEFAULT_TOKEN.split(":", 1)[1]
 ALLOWED = list(range(5001, 5060))
+RESULT_CAPTION_END = "Send a new image to start again."  # texts.RESULT_CAPTION; status messages lack it
 CROWD = list(range(5030, 5050))  # the 20 users of the crowd test
 
 
@@ -90,11 +91,16 @@ class Bot:
             time.sleep(0.1)
 
     def result(self, user_id: int, since: int, timeout: float = 90) -> Call:
-        return self.server.wait_for(
-            lambda c: c.method in ("sendPhoto", "sendDocument") and c.chat_id == user_id and c.ok,
-            timeout,
-            since,
-        )
+        return self.server.wait_for(lambda c: is_result(c, user_id) and c.ok, timeout, since)
+
+
+def is_result(call: Call, user_id: int) -> bool:
+    """A job's result; not the status message that a painted job's live preview turns into a photo."""
+    return (
+        call.method in ("sendPhoto", "sendDocument")
+        and call.chat_id == user_id
+        and RESULT_CAPTION_END in call.text
+    )
 
 
 def check_log(daemon: DaemonProcess) -> None:
@@ -129,7 +135,7 @@ def loaded_image(data: bytes) -> Image.Image:
 def test_commands(bot: Bot) -> None:
     server, user = bot.server, 5001
     assert {c["command"] for c in server.commands} == {
-        "start", "help", "styles", "nst", "go", "cancel", "status", "settings",
+        "start", "help", "styles", "nst", "go", "cancel", "status", "settings", "savestyle",
     }  # fmt: skip
     mark = server.mark()
     server.send_text(user, "/start")
@@ -242,7 +248,7 @@ def test_cancel_stops_a_running_job(bot: Bot) -> None:
     server.wait_text(user, r"Job #\d+ cancelled", since=mark, timeout=60)
     assert bot.jobs(user)[-1]["state"] == "cancelled"
     time.sleep(0.5)
-    assert not server.find(lambda c: c.method in ("sendPhoto", "sendDocument") and c.chat_id == user, mark)
+    assert not server.find(lambda c: is_result(c, user), mark)
 
 
 # --- refusals and errors ---

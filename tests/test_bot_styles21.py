@@ -81,6 +81,13 @@ def server() -> Iterator[FakeTelegram]:
         yield fake
 
 
+@pytest.fixture
+def own_server() -> Iterator[FakeTelegram]:
+    """For a test that runs its own bot: two bots polling one server would split its updates."""
+    with FakeTelegram() as fake:
+        yield fake
+
+
 @pytest.fixture(scope="module")
 def harness(server: FakeTelegram, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StylesHarness]:
     bot = StylesHarness(server, tmp_path_factory.mktemp("bot21")).start()
@@ -125,6 +132,14 @@ def sheet_call(server: FakeTelegram, user: int, since: int) -> Call:
     )
 
 
+def choose_in_settings(server: FakeTelegram, user: int, mark: int, button: str, shown: str) -> None:
+    """/settings, press `button`, wait until the message shows `shown`."""
+    server.send_text(user, "/settings")
+    server.wait_text(user, "^Your settings", since=mark)
+    server.press(user, button)
+    server.wait_text(user, shown, since=mark)
+
+
 # --- Instant vs Painted ---
 
 
@@ -150,10 +165,7 @@ def test_nst_flow_offers_instant_and_painted_and_remembers(
     assert last_job(harness, user)["engine"] == "nst"
 
     mark = server.mark()
-    server.send_text(user, "/settings")
-    server.wait_text(user, "Your own style images: Painted", since=mark)
-    server.press(user, "engine:adain")
-    server.wait_text(user, "Your own style images: Instant", since=mark)
+    choose_in_settings(server, user, mark, "engine:adain", "Your own style images: Instant")
     start_nst(server, user, mark, None)
     server.send_text(user, "/go")
     assert result_call(server, user, mark).text.startswith("Instant (1 style image) · ")
@@ -294,21 +306,12 @@ def test_a_named_default_style_runs(own_server: FakeTelegram, tmp_path: Path) ->
         harness.close()
 
 
-@pytest.fixture
-def own_server() -> Iterator[FakeTelegram]:
-    with FakeTelegram() as fake:
-        yield fake
-
-
 # --- users' own styles ---
 
 
 def test_savestyle_saves_a_private_style(server: FakeTelegram, harness: StylesHarness, user: int) -> None:
     mark = server.mark()
-    server.send_text(user, "/settings")
-    server.wait_text(user, "Strength", since=mark)
-    server.press(user, "strength:75")
-    server.wait_text(user, "Strength: 75%", since=mark)
+    choose_in_settings(server, user, mark, "strength:75", "Strength: 75%")
     server.send_text(user, "/savestyle My Cat")
     server.wait_text(user, 'style image\\(s\\) for "mycat"', since=mark)
     server.send_text(user, "/done")
@@ -376,10 +379,7 @@ def test_savestyle_refusals(server: FakeTelegram, harness: StylesHarness, user: 
     server.wait_text(user, "dropped the style you were saving", since=mark)
 
     # Painted needs vgg19, not installed here: refused at once, in one line.
-    server.send_text(user, "/settings")
-    server.wait_text(user, "Your own style images", since=mark)
-    server.press(user, "engine:nst")
-    server.wait_text(user, "Your own style images: Painted", since=mark)
+    choose_in_settings(server, user, mark, "engine:nst", "Your own style images: Painted")
     server.send_text(user, "/savestyle doodle")
     server.wait_text(user, "^Can't save that style: engine nst needs model vgg19, not installed", since=mark)
 

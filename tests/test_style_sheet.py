@@ -10,20 +10,12 @@ from pathlib import Path
 
 from checkpoints import random_image
 from PIL import Image
+from test_adain_cli import one_error_line, write_config
 
 from nst_daemon import style_sheet
 from nst_daemon.style_sheet import LABEL_HEIGHT, TILE, SheetStyle
 
 NSTD = str(Path(sys.executable).parent / "nstd")
-
-
-def write_config(path: Path, models_dir: Path) -> Path:
-    path.write_text(
-        f'[paths]\nmodels_dir = "{models_dir}"\nstate_dir = "{path.parent / "state"}"\n\n'
-        '[cyclegan]\ndevice = "cpu"\ncpu_threads = 1\n',
-        encoding="utf-8",
-    )
-    return path
 
 
 def sheet(config: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -35,13 +27,6 @@ def sheet(config: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
         timeout=300,
         env=env,
     )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def test_styles_sheet_cli(installed_models_dir: Path, tmp_path: Path) -> None:
