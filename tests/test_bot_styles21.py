@@ -48,6 +48,9 @@ class S3LikeStore(MemoryStore):
             raise ClientError(error, "GetObject")
         return super().get_object(Bucket, Key)
 
+    def delete_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        return self.delete_objects(Bucket, {"Objects": [{"Key": Key}]})
+
 
 class StylesHarness(BotHarness):
     def __init__(self, server: FakeTelegram, state_dir: Path, default_style: str = "") -> None:
@@ -277,6 +280,26 @@ def test_named_styles_in_buttons_and_styles(
     server.press(user, "style:ink")
     assert result_call(server, user, mark).text.startswith("ink · ")
     assert last_job(harness, user)["params"]["style_name"] == "ink"
+
+
+def test_a_style_removed_after_its_button_is_refused(
+    server: FakeTelegram, harness: StylesHarness, user: int, tmp_path: Path
+) -> None:
+    harness.add_shared_style("Ghost", tmp_path)
+    mark = server.mark()
+    server.send_text(user, "/start")
+    server.wait_text(user, "turn photos into paintings", since=mark)
+    server.press(user, "style:ghost")
+    server.wait_text(user, "ghost it is", since=mark)
+    conn = harness._own_connection()
+    try:
+        named_styles.remove(harness.settings(), conn, harness.store, "ghost")
+    finally:
+        conn.conn.close()
+    jobs = len(harness.jobs_of(user))
+    server.send_photo(user, jpeg())
+    server.wait_text(user, 'don\'t know the style "ghost"', since=mark)
+    assert len(harness.jobs_of(user)) == jobs
 
 
 def test_unknown_caption_lists_named_styles(

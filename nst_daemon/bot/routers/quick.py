@@ -42,8 +42,13 @@ async def start_style(
     ref: ImageRef,
     reply_to: int | None = None,
 ) -> None:
-    """A built-in style's job, or a named style's (looked up now: one added since works at once)."""
+    """A built-in style's job, or a named style's (looked up now: one added since works at once, one
+    removed since is refused in one line)."""
     named = None if style in CYCLEGAN_STYLES else services.named_style(style, user_id)
+    if style not in CYCLEGAN_STYLES and named is None:
+        text = texts.UNKNOWN_STYLE.format(style=style, styles=styles_inline(services, user_id))
+        await bot.send_message(chat_id=chat_id, text=text)
+        return
     await services.starter.start(
         bot,
         user_id=user_id,
