@@ -23,11 +23,12 @@ from fake_telegram import DEFAULT_TOKEN, Call, FakeTelegram
 from PIL import Image
 
 from nst_daemon import db as database
-from nst_daemon import imaging, jobs
+from nst_daemon import imaging
+from nst_daemon.backoff import Backoff
 from nst_daemon.bot import BotService, status_messages
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, ModelNotInstalled, NstdError
-from nst_daemon.jobs import Job, JobQueue, RunResult
+from nst_daemon.jobs import Job, JobQueue, RunResult, delivery
 
 OWNER = 1000  # every test plays its own users (ids 1001...), so one daemon serves them all
 
@@ -663,7 +664,7 @@ def test_long_flood_wait_is_left_to_the_queue(
     server: FakeTelegram, harness: BotHarness, user: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry_after too long to sleep through inside the worker: the queue redelivers later, once."""
-    monkeypatch.setattr(jobs, "REDELIVERY_DELAYS_S", (0.5, 1.0, 2.0, 5.0))
+    monkeypatch.setattr(delivery, "REDELIVERY", Backoff((0.5, 1.0, 2.0, 5.0)))
     server.fail("sendPhoto", times=1, status=429, retry_after=60, chat_id=user)
     mark = server.mark()
     server.send_photo(user, jpeg(), caption="monet")
@@ -729,7 +730,8 @@ def wait_running(harness: BotHarness, user: int, timeout: float = 20) -> int:
 def test_result_after_an_outage_arrives_once(
     server: FakeTelegram, harness: BotHarness, user: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jobs, "REDELIVERY_DELAYS_S", (0.5, 1.0, 2.0, 5.0))  # the queue's backoff, shortened
+    # The queue's backoff, shortened.
+    monkeypatch.setattr(delivery, "REDELIVERY", Backoff((0.5, 1.0, 2.0, 5.0)))
     harness.runner.slow[str(user)] = 2
     mark = server.mark()
     server.send_photo(user, jpeg(), caption="monet")

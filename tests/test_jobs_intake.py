@@ -19,6 +19,7 @@ from job_helpers import FakeRunner, cyclegan_request, jpeg, make_queue, object_k
 
 from nst_daemon import db as database
 from nst_daemon import imaging
+from nst_daemon.backoff import Backoff
 from nst_daemon.errors import DISK_FULL_MESSAGE, DiskFull
 from nst_daemon.jobs import Job
 from nst_daemon.runner import decode_inputs
@@ -72,7 +73,7 @@ def test_a_full_disk_refuses_intake_with_one_line_and_leaves_nothing(
 def test_the_worker_waits_for_space_and_then_delivers(
     tmp_path: Path, disk: FillableDisk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nst_daemon.jobs.DISK_FULL_WAITS_S", (0.05,))
+    monkeypatch.setattr("nst_daemon.jobs.worker.DISK_FULL", Backoff((0.05,)))
 
     async def scenario() -> None:
         runner = FakeRunner()
@@ -125,10 +126,10 @@ def test_a_lock_held_past_the_busy_timeout_delays_intake_without_losing_it(
         submitted = asyncio.create_task(queue.submit(cyclegan_request()))
         # Three busy timeouts pass while the lock is held; the submission waits instead of failing.
         for _ in range(3000):
-            if submitted.done() or queue._write.lock_waits >= 3:
+            if submitted.done() or queue.job_store.writer.lock_waits >= 3:
                 break
             await asyncio.sleep(0.01)
-        assert not submitted.done() and queue._write.lock_waits >= 3
+        assert not submitted.done() and queue.job_store.writer.lock_waits >= 3
         release.set()
         job = await submitted
         thread.join()

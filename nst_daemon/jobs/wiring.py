@@ -1,0 +1,60 @@
+"""What the job queue's parts share: whether it takes new jobs and runs on (`Lifecycle`), and who is told
+of each job's change (`Listeners`). The intake, worker, delivery and housekeeping each hold the same two."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+
+from nst_daemon.job_model import Job, Listener
+
+log = logging.getLogger(__name__)
+
+PreviewListener = Callable[[int, bytes], None]
+
+
+class Lifecycle:
+    """Set only by the queue's stop calls. `wakeup` ends the worker's and the disk-full waits early: a new
+    job sets it, and so does a stop."""
+
+    def __init__(self) -> None:
+        self.accepting = True  # new jobs are taken, and the worker claims the next one
+        self.stopping = False  # the loops end; a running job is cancelled and queued again
+        self.wakeup = asyncio.Event()
+
+    def stop(self) -> None:
+        self.accepting = False
+        self.stopping = True
+        self.wakeup.set()
+
+
+class Listeners:
+    def __init__(self) -> None:
+        self._jobs: list[Listener] = []
+        self._previews: list[PreviewListener] = []
+
+    def add(self, listener: Listener) -> None:
+        self._jobs.append(listener)
+
+    def add_preview(self, listener: PreviewListener) -> None:
+        self._previews.append(listener)
+
+    async def notify(self, job: Job) -> None:
+        """Tell every listener of `job`'s new state; one that fails is logged and the rest are told."""
+        for listener in self._jobs:
+            try:
+                outcome = listener(job)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("job listener failed for job %s", job.id)
+
+    def preview(self, job_id: int, preview: bytes) -> None:
+        """On the loop: a running job's engine sent a small JPEG."""
+        for listener in self._previews:
+            try:
+                listener(job_id, preview)
+            except Exception:
+                log.exception("preview listener failed for job %s", job_id)
