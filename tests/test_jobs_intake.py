@@ -20,7 +20,7 @@ from job_helpers import FakeRunner, cyclegan_request, jpeg, make_queue, object_k
 from nst_daemon import db as database
 from nst_daemon import imaging
 from nst_daemon.backoff import Backoff
-from nst_daemon.errors import DISK_FULL_MESSAGE, DiskFull
+from nst_daemon.errors import DISK_FULL_MESSAGE, Cancelled, DiskFull
 from nst_daemon.jobs import Job
 from nst_daemon.runner import decode_inputs
 from nst_daemon.store import objfile
@@ -162,6 +162,78 @@ def test_no_lock_is_held_across_a_slow_store_write(tmp_path: Path) -> None:
         release.set()
         job = await slow
         assert queue.get(job.id).state == "queued"
+
+    asyncio.run(scenario())
+
+
+class GatedRunner:
+    """Reports half-way once `go` is set, then runs until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def run(
+        self, job: Job, content: bytes, styles: list[bytes], progress: Any, cancel: threading.Event
+    ) -> Any:
+        self.started.set()
+        self.go.wait(30)
+        progress(0.5)
+        cancel.wait(30)
+        raise Cancelled()
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        return []
+
+
+async def wait_for_state(queue: Any, job_id: int, check: Any, limit_s: float = 20) -> Job:
+    """Poll until `check(job)` holds; the limit is a hang detector, not a speed target."""
+    for _ in range(int(limit_s / 0.02)):
+        job = queue.get(job_id)
+        if job is not None and check(job):
+            return job
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} never got there: {queue.get(job_id)}")
+
+
+def test_a_hanging_upload_blocks_no_other_jobs_progress_cancel_or_status(tmp_path: Path) -> None:
+    """One job's inputs hang in the store (an S3 upload that never answers) while another job runs: the
+    running job's progress is still written, the status reads still answer, and its cancel still lands."""
+
+    async def scenario() -> None:
+        runner = GatedRunner()
+        queue = make_queue(tmp_path, runner, queue={"max_pending": 10, "per_user": 10})
+        running = await queue.submit(cyclegan_request("running"))
+        worker = asyncio.create_task(queue.run_worker())
+        await asyncio.to_thread(runner.started.wait, 30)
+        real_put = queue.store.put_object
+        entered, release = threading.Event(), threading.Event()
+
+        def hanging_put(**kwargs: Any) -> Any:
+            if "/content." in kwargs["Key"]:  # the new job's upload; the running job's report goes through
+                entered.set()
+                release.wait(60)
+            return real_put(**kwargs)
+
+        queue.store.put_object = hanging_put
+        hanging = asyncio.create_task(queue.submit(cyclegan_request("hanging")))
+        await asyncio.to_thread(entered.wait, 30)
+
+        runner.go.set()
+        half = await wait_for_state(queue, running.id, lambda job: job.progress == 0.5)
+        assert half.state == "running" and not hanging.done()
+        # Status reads: the running job, and not the one whose inputs are not stored yet.
+        assert [job.id for job in queue.active_jobs()] == [running.id]
+        assert queue.position(running.id) == (1, 1) and queue.pending_count() == 2
+        assert await asyncio.wait_for(queue.cancel(running.id), 20)
+        await wait_for_state(queue, running.id, lambda job: job.state == "cancelled")
+        assert not hanging.done()
+
+        release.set()
+        queued = await hanging
+        assert queue.get(queued.id).state in ("queued", "running")
+        await queue.shutdown(1)
+        worker.cancel()
 
     asyncio.run(scenario())
 
