@@ -43,3 +43,8 @@ class Backoff:
     def waits(self) -> Iterator[float]:
         """The waits in order, the last one repeating without end."""
         return chain(self.delays, repeat(self.delays[-1]))
+
+
+# For a wait on something outside nstd that comes back by itself (disk space, Telegram reachable): quick
+# at first, then twice a minute for as long as it takes.
+PATIENT = Backoff((1.0, 2.0, 5.0, 10.0, 30.0))

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from nst_daemon.backoff import Backoff
+from nst_daemon.backoff import PATIENT
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, DiskFull, NstdError, is_disk_full
 from nst_daemon.job_model import FINAL_STATES, DatabaseBusy, Job, ProgressFn, Runner, RunResult
@@ -36,7 +36,7 @@ OOM_MIN_SIDE = 64
 PROGRESS_INTERVAL_S = 0.5
 # While the store is out of space, the worker tries the write it needs again after these waits: it pauses
 # instead of stopping, and goes on by itself once space is freed.
-DISK_FULL = Backoff((1.0, 2.0, 5.0, 10.0, 30.0))
+DISK_FULL = PATIENT
 # How long the idle worker sleeps between looks at the table when nothing wakes it.
 IDLE_POLL_S = 5.0
 
