@@ -25,7 +25,7 @@ from PIL import Image
 from nst_daemon import db as database
 from nst_daemon import imaging
 from nst_daemon.backoff import Backoff
-from nst_daemon.bot import BotService, status_messages
+from nst_daemon.bot import BotService, status_messages, texts
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, ModelNotInstalled, NstdError
 from nst_daemon.jobs import Job, JobQueue, RunResult, delivery
@@ -367,7 +367,9 @@ def test_album_with_a_caption_styles_every_photo(
 def test_input_errors_get_clear_replies(server: FakeTelegram, harness: BotHarness, user: int) -> None:
     mark = server.mark()
     server.send_document(user, b"%PDF-1.4 ...", file_name="doc.pdf", mime_type="application/pdf")
-    server.wait_text(user, r"not an image \(application/pdf\)", since=mark)
+    refused = server.wait_text(user, r"not an image \(application/pdf\)", since=mark)
+    # The error handler answers an input problem in its own words, not as a server failure.
+    assert refused.text == texts.NOT_AN_IMAGE.format(mime="application/pdf")
     big = server.send_document(
         user, b"x" * 100, file_name="huge.png", mime_type="image/png", file_size=25 << 20
     )

@@ -17,7 +17,7 @@ from aiogram.types import CallbackQuery, Message
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.callbacks import CallbackAnswer
 from nst_daemon.bot.context import Services
-from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
+from nst_daemon.bot.images import ImageRef, image_ref
 from nst_daemon.bot.states import Nst
 
 MAX_STYLE_IMAGES = 8
@@ -38,20 +38,12 @@ async def begin_with_content(message: Message, state: FSMContext, content: Image
 
 
 async def content_image(message: Message, state: FSMContext) -> None:
-    try:
-        ref = image_ref(message)
-    except InputProblem as exc:
-        await message.answer(str(exc))
-        return
+    ref = image_ref(message)  # an InputProblem is answered by the error handler (routers/errors.py)
     await begin_with_content(message, state, ref)
 
 
 async def style_image(message: Message, state: FSMContext, bot: Bot) -> None:
-    try:
-        ref = image_ref(message)
-    except InputProblem as exc:
-        await message.answer(str(exc))
-        return
+    ref = image_ref(message)  # an InputProblem is answered by the error handler (routers/errors.py)
     data = await state.get_data()
     styles: list[dict[str, Any]] = data.get("styles", [])
     if len(styles) >= MAX_STYLE_IMAGES:
