@@ -139,6 +139,22 @@ def test_a_lock_held_past_the_busy_timeout_delays_intake_without_losing_it(
     asyncio.run(scenario())
 
 
+def hold_uploads(queue: Any, held: str = "") -> tuple[threading.Event, threading.Event]:
+    """Make the store's put_object hang (for keys containing `held`) until the second event is set; the
+    first one tells that an upload is hanging."""
+    real_put = queue.store.put_object
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_put(**kwargs: Any) -> Any:
+        if held in kwargs["Key"]:
+            entered.set()
+            release.wait(60)
+        return real_put(**kwargs)
+
+    queue.store.put_object = hanging_put
+    return entered, release
+
+
 def test_no_lock_is_held_across_a_slow_store_write(tmp_path: Path) -> None:
     """An upload that hangs in the store must not stop other jobs' writes (the insert used to hold the
     queue's lock across `put_object`, and every state change on the event loop waited behind it)."""
@@ -146,15 +162,7 @@ def test_no_lock_is_held_across_a_slow_store_write(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner(), queue={"max_pending": 10, "per_user": 10})
         other = await queue.submit(cyclegan_request("other"))
-        real_put = queue.store.put_object
-        entered, release = threading.Event(), threading.Event()
-
-        def slow_put(**kwargs: Any) -> Any:
-            entered.set()
-            release.wait(30)
-            return real_put(**kwargs)
-
-        queue.store.put_object = slow_put
+        entered, release = hold_uploads(queue)
         slow = asyncio.create_task(queue.submit(cyclegan_request("slow")))
         await asyncio.to_thread(entered.wait, 30)
         assert await asyncio.wait_for(queue.cancel(other.id), 20)  # a write while the upload hangs
@@ -206,16 +214,8 @@ def test_a_hanging_upload_blocks_no_other_jobs_progress_cancel_or_status(tmp_pat
         running = await queue.submit(cyclegan_request("running"))
         worker = asyncio.create_task(queue.run_worker())
         await asyncio.to_thread(runner.started.wait, 30)
-        real_put = queue.store.put_object
-        entered, release = threading.Event(), threading.Event()
-
-        def hanging_put(**kwargs: Any) -> Any:
-            if "/content." in kwargs["Key"]:  # the new job's upload; the running job's report goes through
-                entered.set()
-                release.wait(60)
-            return real_put(**kwargs)
-
-        queue.store.put_object = hanging_put
+        # The new job's upload hangs; the running job's report goes through.
+        entered, release = hold_uploads(queue, held="/content.")
         hanging = asyncio.create_task(queue.submit(cyclegan_request("hanging")))
         await asyncio.to_thread(entered.wait, 30)
 

@@ -50,7 +50,7 @@ from nst_daemon.jobs.intake import INTAKE_SCALE_DOWN, Intake
 from nst_daemon.jobs.objects import JobObjects
 from nst_daemon.jobs.rows import MAX_INTERRUPTIONS
 from nst_daemon.jobs.store import JobStore
-from nst_daemon.jobs.wiring import Lifecycle, Listeners, PreviewListener
+from nst_daemon.jobs.wiring import Lifecycle, Listeners, PreviewListener, Shared
 from nst_daemon.jobs.worker import MAX_ATTEMPTS, Worker
 
 __all__ = [
@@ -98,15 +98,11 @@ class JobQueue:
         self.job_store = JobStore(db)
         self.life = Lifecycle()
         self.listeners = Listeners()
-        objects = JobObjects(store, bucket)
-        self.delivery = Delivery(self.job_store, objects, self.listeners)
-        self.intake = Intake(self.job_store, objects, settings, self.life, self.listeners)
-        self.worker = Worker(
-            self.job_store, objects, runner, settings, self.life, self.listeners, self.delivery
-        )
-        self.housekeeping = Housekeeping(
-            self.job_store, objects, runner, settings, self.life, self.worker, self.delivery
-        )
+        shared = Shared(self.job_store, JobObjects(store, bucket), settings, self.life, self.listeners)
+        self.delivery = Delivery(shared)
+        self.intake = Intake(shared)
+        self.worker = Worker(shared, runner, self.delivery)
+        self.housekeeping = Housekeeping(shared, runner, self.worker, self.delivery)
 
     # --- reading ---
 

@@ -9,9 +9,7 @@ import time
 
 from nst_daemon.backoff import Backoff
 from nst_daemon.job_model import Deliverer, Job, PermanentDeliveryError
-from nst_daemon.jobs.objects import JobObjects
-from nst_daemon.jobs.store import JobStore
-from nst_daemon.jobs.wiring import Listeners
+from nst_daemon.jobs.wiring import QueuePart, Shared
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +20,9 @@ MAX_DELIVERY_ATTEMPTS = 100
 DELIVERY_GRACE_S = 5.0
 
 
-class Delivery:
-    def __init__(self, store: JobStore, objects: JobObjects, listeners: Listeners) -> None:
-        self.store = store
-        self.objects = objects
-        self.listeners = listeners
+class Delivery(QueuePart):
+    def __init__(self, shared: Shared) -> None:
+        super().__init__(shared)
         self.deliverers: dict[str, Deliverer] = {}
         self.background: set[asyncio.Future[None]] = set()
         self._delivering: set[int] = set()

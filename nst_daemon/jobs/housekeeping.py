@@ -6,34 +6,19 @@ import asyncio
 import logging
 import time
 
-from nst_daemon.config import Settings
 from nst_daemon.job_model import Runner
 from nst_daemon.jobs.delivery import Delivery
-from nst_daemon.jobs.objects import JobObjects
 from nst_daemon.jobs.rows import MAX_INTERRUPTIONS
-from nst_daemon.jobs.store import JobStore
-from nst_daemon.jobs.wiring import Lifecycle
+from nst_daemon.jobs.wiring import QueuePart, Shared
 from nst_daemon.jobs.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
-class Housekeeping:
-    def __init__(
-        self,
-        store: JobStore,
-        objects: JobObjects,
-        runner: Runner,
-        settings: Settings,
-        life: Lifecycle,
-        worker: Worker,
-        delivery: Delivery,
-    ) -> None:
-        self.store = store
-        self.objects = objects
+class Housekeeping(QueuePart):
+    def __init__(self, shared: Shared, runner: Runner, worker: Worker, delivery: Delivery) -> None:
+        super().__init__(shared)
         self.runner = runner
-        self.settings = settings
-        self.life = life
         self.worker = worker
         self.delivery = delivery
 

@@ -6,12 +6,9 @@ import asyncio
 import logging
 
 from nst_daemon import imaging
-from nst_daemon.config import Settings
 from nst_daemon.errors import DiskFull, NstdError, is_disk_full
 from nst_daemon.job_model import ENGINES, SOURCES, Job, JobRequest, job_prefix
-from nst_daemon.jobs.objects import JobObjects
-from nst_daemon.jobs.store import JobStore
-from nst_daemon.jobs.wiring import Lifecycle, Listeners
+from nst_daemon.jobs.wiring import QueuePart
 
 log = logging.getLogger(__name__)
 
@@ -20,16 +17,7 @@ log = logging.getLogger(__name__)
 INTAKE_SCALE_DOWN = 8
 
 
-class Intake:
-    def __init__(
-        self, store: JobStore, objects: JobObjects, settings: Settings, life: Lifecycle, listeners: Listeners
-    ) -> None:
-        self.store = store
-        self.objects = objects
-        self.settings = settings
-        self.life = life
-        self.listeners = listeners
-
+class Intake(QueuePart):
     async def submit(self, request: JobRequest) -> Job:
         """Validate, store the inputs, write the row; only then may the caller acknowledge the request."""
         if not self.life.accepting:

@@ -1,5 +1,6 @@
-"""What the job queue's parts share: whether it takes new jobs and runs on (`Lifecycle`), and who is told
-of each job's change (`Listeners`). The intake, worker, delivery and housekeeping each hold the same two."""
+"""What the job queue's parts share: whether it takes new jobs and runs on (`Lifecycle`), who is told of
+each job's change (`Listeners`), and the store, objects and settings (`QueuePart`, the base of the
+intake, worker, delivery and housekeeping)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from nst_daemon.config import Settings
 from nst_daemon.job_model import Job, Listener
+from nst_daemon.jobs.objects import JobObjects
+from nst_daemon.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +63,23 @@ class Listeners:
                 listener(job_id, preview)
             except Exception:
                 log.exception("preview listener failed for job %s", job_id)
+
+
+@dataclass(frozen=True)
+class Shared:
+    store: JobStore
+    objects: JobObjects
+    settings: Settings
+    life: Lifecycle
+    listeners: Listeners
+
+
+class QueuePart:
+    """One concern of the queue, with what every concern uses."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.store = shared.store
+        self.objects = shared.objects
+        self.settings = shared.settings
+        self.life = shared.life
+        self.listeners = shared.listeners

@@ -18,13 +18,10 @@ import traceback
 from typing import Any
 
 from nst_daemon.backoff import PATIENT
-from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, DiskFull, NstdError, is_disk_full
 from nst_daemon.job_model import FINAL_STATES, DatabaseBusy, Job, ProgressFn, Runner, RunResult
 from nst_daemon.jobs.delivery import Delivery
-from nst_daemon.jobs.objects import JobObjects
-from nst_daemon.jobs.store import JobStore
-from nst_daemon.jobs.wiring import Lifecycle, Listeners
+from nst_daemon.jobs.wiring import QueuePart, Shared
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +38,10 @@ DISK_FULL = PATIENT
 IDLE_POLL_S = 5.0
 
 
-class Worker:
-    def __init__(
-        self,
-        store: JobStore,
-        objects: JobObjects,
-        runner: Runner,
-        settings: Settings,
-        life: Lifecycle,
-        listeners: Listeners,
-        delivery: Delivery,
-    ) -> None:
-        self.store = store
-        self.objects = objects
+class Worker(QueuePart):
+    def __init__(self, shared: Shared, runner: Runner, delivery: Delivery) -> None:
+        super().__init__(shared)
         self.runner = runner
-        self.settings = settings
-        self.life = life
-        self.listeners = listeners
         self.delivery = delivery
         self._running: tuple[int, threading.Event] | None = None
         self.idle = asyncio.Event()
