@@ -127,7 +127,7 @@ def intake(config: Path, requests: list[JobRequest], run: int = 0) -> list[Job]:
             claimed = await queue.job_store.claim_next()
             assert claimed is not None
             await queue.worker.run_one(claimed)
-        await asyncio.gather(*queue.delivery.background)
+        await asyncio.gather(*queue.life.background)
         return [queue.get(job.id) for job in jobs]
 
     return asyncio.run(go())

@@ -44,6 +44,7 @@ from nst_daemon.job_model import (
     UserBusy,
     job_prefix,
 )
+from nst_daemon.jobs import delivery
 from nst_daemon.jobs.delivery import Delivery
 from nst_daemon.jobs.housekeeping import Housekeeping
 from nst_daemon.jobs.intake import INTAKE_SCALE_DOWN, Intake
@@ -202,5 +203,5 @@ class JobQueue:
                 await self.worker.idle.wait()
         self.life.stop()
         # Deliveries still in flight get a moment; whatever is left is redelivered at the next start.
-        await self.delivery.drain()
+        await self.life.drain(delivery.DELIVERY_GRACE_S)  # read here, so a test can shorten it
         await self.job_store.close()

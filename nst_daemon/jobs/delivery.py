@@ -24,7 +24,6 @@ class Delivery(QueuePart):
     def __init__(self, shared: Shared) -> None:
         super().__init__(shared)
         self.deliverers: dict[str, Deliverer] = {}
-        self.background: set[asyncio.Future[None]] = set()
         self._delivering: set[int] = set()
 
     def set_deliverer(self, source: str, deliverer: Deliverer) -> None:
@@ -39,9 +38,7 @@ class Delivery(QueuePart):
         if not background:
             await self.deliver(job, result)
             return
-        task = asyncio.ensure_future(self.deliver(job, result))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self.life.spawn(self.deliver(job, result))
 
     async def deliver(self, job: Job, result: bytes | None = None) -> None:
         """Exactly once, short of a crash in one window. The delivery is claimed in the database first
@@ -95,14 +92,3 @@ class Delivery(QueuePart):
             await self.deliver(job)
             count += 1
         return count
-
-    async def drain(self) -> None:
-        """At shutdown: deliveries in flight get `DELIVERY_GRACE_S`; each one cancelled after it puts its
-        claim back (see `_send`) before the database closes."""
-        if not self.background:
-            return
-        _, pending = await asyncio.wait(self.background, timeout=DELIVERY_GRACE_S)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=DELIVERY_GRACE_S)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from nst_daemon.config import Settings
 from nst_daemon.job_model import Job, Listener
@@ -22,17 +23,35 @@ PreviewListener = Callable[[int, bytes], None]
 
 class Lifecycle:
     """Set only by the queue's stop calls. `wakeup` ends the worker's and the disk-full waits early: a new
-    job sets it, and so does a stop."""
+    job sets it, and so does a stop. `background` holds the tasks the parts start on the side (deliveries,
+    progress writes), which shutdown lets finish for a moment."""
 
     def __init__(self) -> None:
         self.accepting = True  # new jobs are taken, and the worker claims the next one
         self.stopping = False  # the loops end; a running job is cancelled and queued again
         self.wakeup = asyncio.Event()
+        self.background: set[asyncio.Future[None]] = set()
 
     def stop(self) -> None:
         self.accepting = False
         self.stopping = True
         self.wakeup.set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self, grace_s: float) -> None:
+        """Give the background tasks `grace_s`, then cancel what is left and give each as long again to
+        clean up (a delivery puts its claim back) before the database closes."""
+        if not self.background:
+            return
+        _, pending = await asyncio.wait(self.background, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
 
 
 class Listeners:

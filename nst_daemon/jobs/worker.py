@@ -141,9 +141,7 @@ class Worker(QueuePart):
         return progress
 
     def _schedule_progress(self, job_id: int, fraction: float) -> None:
-        task = asyncio.ensure_future(self._progress(job_id, fraction))
-        self.delivery.background.add(task)  # awaited at shutdown with the deliveries
-        task.add_done_callback(self.delivery.background.discard)
+        self.life.spawn(self._progress(job_id, fraction))
 
     async def _progress(self, job_id: int, fraction: float) -> None:
         values = {"progress": max(0.0, min(1.0, fraction))}
