@@ -264,9 +264,10 @@ def jobs(
     """List recent jobs; `show ID` for one job, `export ID -o FILE` for its result."""
     if ctx.invoked_subcommand is not None:
         return
-    from nst_daemon import db, views
+    from nst_daemon import views
+    from nst_daemon.jobs import JobStore
 
-    views.print_jobs(db.connect(settings().db_path), console, limit=limit)
+    views.print_jobs(JobStore.open(settings().db_path), console, limit=limit)
 
 
 @jobs_app.command("show")

@@ -330,6 +330,11 @@ def _resolve_relative_paths(
 def _environment_overrides(
     environ: Mapping[str, str], origin: dict[tuple[str, str], str]
 ) -> dict[tuple[str, str], Any]:
+    # Not pydantic-settings (considered in issue 20): its env source merges the variables into the input
+    # without saying which variable a value came from, and every line here needs that: an error names the
+    # variable ("environment NSTD_QUEUE__PER_USER: queue.per_user ..."), a relative path from the
+    # environment is relative to the working directory (one from the file, to the file), and a list is
+    # comma-separated (pydantic-settings wants JSON). Wrapping it would mean parsing the names again here.
     overrides: dict[tuple[str, str], Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name or name == "NSTD_CONFIG":

@@ -39,12 +39,12 @@ from rich.progress import (
 )
 
 from nst_daemon import __version__
+from nst_daemon.backoff import Backoff
 from nst_daemon.errors import NstdError
 
-# Retry policy. Module-level so that tests can shrink the delays to milliseconds.
-BASE_DELAY = 1.0  # seconds before the first retry; doubles on each consecutive failure
-MAX_DELAY = 30.0
-MAX_RETRY_AFTER = 60.0  # the most we honour of a server's Retry-After
+# Retry policy. Module-level so that tests can shrink the delays to milliseconds: 1 s before the first
+# retry, doubling on each consecutive failure up to 30 s; a server's Retry-After is honoured up to 60 s.
+RETRY = Backoff.exponential(1.0, 30.0, max_retry_after=60.0)
 MAX_ATTEMPTS = 6  # consecutive attempts that make no progress before giving up
 CONNECT_TIMEOUT = 30.0
 STALL_TIMEOUT = 60.0  # seconds without a single byte before the connection counts as dead
@@ -274,9 +274,7 @@ async def _download(
                 kept = f"; run the pull again to resume from {state.offset} bytes" if state.offset else ""
                 error = Unreachable if connect_failures == requests else DownloadError
                 raise error(f"giving up on {url} after {failures} failed attempts: {reason}{kept}")
-            delay = min(BASE_DELAY * 2 ** (failures - 1), MAX_DELAY)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+            delay = RETRY.delay(failures, retry_after)
             progress.console.print(escape(f"{label}: {reason}; retrying in {delay:.2g} s"), highlight=False)
             await asyncio.sleep(delay)
 

@@ -12,7 +12,7 @@ and exits at once when its command pipe reaches end of file, which is how it see
 middle of an ONNX Runtime call that no cancel reaches. A daemon restarted after a SIGKILL so never shares
 the GPU with a stale child.
 
-`ProcessRunner` is the parent's side: it has the `Runner` interface of jobs.py and is called from the
+`ProcessRunner` is the parent's side: it has the `Runner` interface of job_model.py and is called from the
 queue's worker thread. The child runs the ordinary `EngineRunner` and is started by the first job. Images
 go to it as stored (JPEG bytes) and are decoded there, and the result comes back as the JPEG the queue
 stores, encoded there: the daemon's process never holds a job's full-size pixels.

@@ -1,10 +1,10 @@
-"""What a job is: its row (`Job`), the request that makes one, the runner's interface and result, and
-the plain-SQL reads every module shares. `nst_daemon.jobs` re-exports all of it next to the queue."""
+"""What a job is: its row (`Job`), the request that makes one, the runner's interface and result.
+No SQL: the jobs table is read and written only by the job store (`nst_daemon.jobs.store`).
+`nst_daemon.jobs` re-exports all of it next to the queue."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -67,6 +67,8 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    # The row's last change: the redelivery backoff counts from it.
+    updated_at: float | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -89,6 +91,7 @@ class Job:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            updated_at=row.get("updated_at"),
         )
 
     @property
@@ -100,37 +103,6 @@ class Job:
         return (
             self.styles[0] if self.engine == "cyclegan" else f"multi-style NST ({len(self.input_keys) - 1})"
         )
-
-
-def _state_in(states: tuple[str, ...]) -> str:
-    return "state in (" + ", ".join(f"'{state}'" for state in states) + ")"
-
-
-ACTIVE_WHERE = _state_in(ACTIVE_STATES)
-FINAL_WHERE = _state_in(FINAL_STATES)
-# A queued row has no inputs for the moment between its insert and the store's answer (see
-# JobQueue._insert): it counts against the caps, but nothing may run it or show it yet.
-STORED_WHERE = "input_keys is not null"
-
-
-def fetch_jobs(
-    conn: sqlite3.Connection, where: str, args: list[Any] | None = None, suffix: str = ""
-) -> list[dict[str, Any]]:
-    """Rows of `jobs` as dicts, in one statement on any connection. Not sqlite-utils' `rows_where` or
-    `query`: those add a sqlite_master lookup or a savepoint around every read, which once made most of
-    the statements a job ran on the event loop."""
-    cursor = conn.execute(f"select * from jobs where {where} {suffix}", args or [])
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
-
-
-def count_active(conn: sqlite3.Connection, owner: str | None = None) -> int:
-    """Queued and running jobs, all or one owner's (on any connection: the queue uses two)."""
-    if owner is None:
-        return conn.execute(f"select count(*) from jobs where {ACTIVE_WHERE}").fetchone()[0]
-    return conn.execute(f"select count(*) from jobs where owner = ? and {ACTIVE_WHERE}", [owner]).fetchone()[
-        0
-    ]
 
 
 def job_prefix(job_id: int) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 from rich.console import Console
 
-from nst_daemon import db, imaging
+from nst_daemon import imaging
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
-from nst_daemon.jobs import Job, fetch_jobs
+from nst_daemon.jobs import Job, JobStore
 from nst_daemon.output_file import check_output, resolve_output, write_output
 from nst_daemon.store import get_bytes
 from nst_daemon.store.errors import is_not_found
@@ -23,10 +23,10 @@ from nst_daemon.views import print_job
 
 
 def load_job(settings: Settings, job_id: int) -> Job:
-    rows = fetch_jobs(db.connect(settings.db_path).conn, "id = ?", [job_id])
-    if not rows:
+    job = JobStore.open(settings.db_path).get(job_id, stored_only=False)
+    if job is None:
         raise NstdError(f"there is no job {job_id}; `nstd jobs` lists them")
-    return Job.from_row(rows[0])
+    return job
 
 
 def show(settings: Settings, job_id: int, console: Console) -> None:

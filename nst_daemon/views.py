@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nst_daemon.jobs import Job, fetch_jobs
+from nst_daemon.jobs import Job, JobStore
 from nst_daemon.wording import plural
 
 
@@ -24,14 +24,14 @@ def _age(timestamp: float | None) -> str:
     return f"{seconds}s ago"
 
 
-def print_jobs(db: sqlite_utils.Database, console: Console, limit: int = 50) -> None:
-    rows = fetch_jobs(db.conn, "1", suffix=f"order by id desc limit {int(limit)}")
-    table = Table(title=f"jobs (newest {limit})" if rows else "jobs: none yet")
+def print_jobs(jobs: JobStore, console: Console, limit: int = 50) -> None:
+    newest = jobs.newest(limit)
+    table = Table(title=f"jobs (newest {limit})" if newest else "jobs: none yet")
     # The short columns never wrap, so an 80-column terminal folds only the free text.
     for column in ("id", "from", "style", "state", "delivery", "created", "error"):
         free_text = column in ("from", "style", "error")
         table.add_column(column, overflow="fold", no_wrap=not free_text, ratio=1 if free_text else None)
-    for job in map(Job.from_row, rows):
+    for job in newest:
         table.add_row(
             str(job.id),
             escape(_origin(job)),

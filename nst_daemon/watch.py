@@ -23,7 +23,7 @@ from nst_daemon.config import CYCLEGAN_STYLES, Settings
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir
 from nst_daemon.imaging import ImageError
-from nst_daemon.jobs import ACTIVE_WHERE, Job, JobQueue, JobRequest
+from nst_daemon.jobs import Job, JobQueue, JobRequest
 from nst_daemon.style_names import normalize_style
 from nst_daemon.watch_files import (
     RefusedFile,
@@ -231,12 +231,7 @@ class FolderWatcher:
     def _already_claimed(self, path: Path) -> bool:
         if _name_problem(path):
             return False  # SQLite cannot hold the name, so no job can have it
-        return bool(
-            self.queue.db["jobs"].count_where(
-                f"source = 'folder' and owner = ? and ({ACTIVE_WHERE} or delivery in ('pending', 'sending'))",
-                [str(path)],
-            )
-        )
+        return self.queue.job_store.folder_file_taken(str(path))
 
     async def _claim(self, path: Path, folder: str) -> None:
         problem = self._problem_with(path)

@@ -90,7 +90,7 @@ async def run_until_final(queue: JobQueue, job_id: int, limit_s: float = 30) -> 
         while time.monotonic() < deadline:
             job = queue.get(job_id)
             delivered = job is not None and (
-                job.delivery not in jobs.UNDELIVERED_STATES or job.source not in queue._deliverers
+                job.delivery not in jobs.UNDELIVERED_STATES or job.source not in queue.delivery.deliverers
             )
             if job and job.state in jobs.FINAL_STATES and delivered:
                 return job

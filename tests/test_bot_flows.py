@@ -23,11 +23,12 @@ from fake_telegram import DEFAULT_TOKEN, Call, FakeTelegram
 from PIL import Image
 
 from nst_daemon import db as database
-from nst_daemon import imaging, jobs
-from nst_daemon.bot import BotService, status_messages
+from nst_daemon import imaging
+from nst_daemon.backoff import Backoff
+from nst_daemon.bot import BotService, status_messages, texts
 from nst_daemon.config import Settings
 from nst_daemon.errors import Cancelled, ModelNotInstalled, NstdError
-from nst_daemon.jobs import Job, JobQueue, RunResult
+from nst_daemon.jobs import Job, JobQueue, RunResult, delivery
 
 OWNER = 1000  # every test plays its own users (ids 1001...), so one daemon serves them all
 
@@ -366,7 +367,9 @@ def test_album_with_a_caption_styles_every_photo(
 def test_input_errors_get_clear_replies(server: FakeTelegram, harness: BotHarness, user: int) -> None:
     mark = server.mark()
     server.send_document(user, b"%PDF-1.4 ...", file_name="doc.pdf", mime_type="application/pdf")
-    server.wait_text(user, r"not an image \(application/pdf\)", since=mark)
+    refused = server.wait_text(user, r"not an image \(application/pdf\)", since=mark)
+    # The error handler answers an input problem in its own words, not as a server failure.
+    assert refused.text == texts.NOT_AN_IMAGE.format(mime="application/pdf")
     big = server.send_document(
         user, b"x" * 100, file_name="huge.png", mime_type="image/png", file_size=25 << 20
     )
@@ -665,7 +668,7 @@ def test_long_flood_wait_is_left_to_the_queue(
     server: FakeTelegram, harness: BotHarness, user: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry_after too long to sleep through inside the worker: the queue redelivers later, once."""
-    monkeypatch.setattr(jobs, "REDELIVERY_DELAYS_S", (0.5, 1.0, 2.0, 5.0))
+    monkeypatch.setattr(delivery, "REDELIVERY", Backoff((0.5, 1.0, 2.0, 5.0)))
     server.fail("sendPhoto", times=1, status=429, retry_after=60, chat_id=user)
     mark = server.mark()
     server.send_photo(user, jpeg(), caption="monet")
@@ -731,7 +734,8 @@ def wait_running(harness: BotHarness, user: int, timeout: float = 20) -> int:
 def test_result_after_an_outage_arrives_once(
     server: FakeTelegram, harness: BotHarness, user: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jobs, "REDELIVERY_DELAYS_S", (0.5, 1.0, 2.0, 5.0))  # the queue's backoff, shortened
+    # The queue's backoff, shortened.
+    monkeypatch.setattr(delivery, "REDELIVERY", Backoff((0.5, 1.0, 2.0, 5.0)))
     harness.runner.slow[str(user)] = 2
     mark = server.mark()
     server.send_photo(user, jpeg(), caption="monet")

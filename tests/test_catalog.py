@@ -23,6 +23,7 @@ from http_fixture import Checkpoint, CheckpointSet, FileServer, checkpoint_set, 
 from rich.console import Console
 
 from nst_daemon import catalog, download
+from nst_daemon.backoff import Backoff
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
 from nst_daemon.manifest import read_manifest
@@ -45,7 +46,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> CheckpointSet:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(download, "BASE_DELAY", 0.01)
+    monkeypatch.setattr(download, "RETRY", Backoff.exponential(0.01, 30.0, max_retry_after=60.0))
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from checkpoints import random_image
 from conftest import NSTD, write_config
 from PIL import Image
 
-from nst_daemon.job_rows import claim_next
 from nst_daemon.jobs import Job, JobQueue, JobRequest, RunResult
 
 
@@ -125,10 +124,10 @@ def intake(config: Path, requests: list[JobRequest], run: int = 0) -> list[Job]:
     async def go() -> list[Job]:
         jobs = [await queue.submit(request) for request in requests]
         for _ in range(run):
-            claimed = await queue._write(claim_next)
+            claimed = await queue.job_store.claim_next()
             assert claimed is not None
-            await queue._run_one(claimed)
-        await asyncio.gather(*queue._background)
+            await queue.worker.run_one(claimed)
+        await asyncio.gather(*queue.life.background)
         return [queue.get(job.id) for job in jobs]
 
     return asyncio.run(go())

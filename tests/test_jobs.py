@@ -25,9 +25,10 @@ from PIL import Image, ImageFile
 
 from nst_daemon import db as database
 from nst_daemon import imaging, jobs
+from nst_daemon.backoff import Backoff
 from nst_daemon.errors import NstdError
-from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, RunResult, UserBusy
-from nst_daemon.store import open_store
+from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, RunResult, UserBusy, delivery
+from nst_daemon.store import get_bytes, open_store
 
 
 def test_a_job_runs_without_schema_lookups(tmp_path: Path) -> None:
@@ -39,7 +40,8 @@ def test_a_job_runs_without_schema_lookups(tmp_path: Path) -> None:
         queue.set_deliverer("cli", lambda job, result: asyncio.sleep(0))
         statements: list[str] = []
         queue.db.conn.set_trace_callback(statements.append)
-        queue._write.run(lambda conn: conn.set_trace_callback(statements.append))  # the writer's connection
+        # The writer's connection too.
+        queue.job_store.writer.run(lambda conn: conn.set_trace_callback(statements.append))
         job = await queue.submit(cyclegan_request())
         done = await run_until_final(queue, job.id)
         assert done.state == "done" and done.delivery == "delivered"
@@ -82,7 +84,7 @@ def test_inputs_are_stored_as_sent_under_their_own_format(tmp_path: Path) -> Non
         )
         assert job.input_keys == [f"{job.prefix}content.jpg", f"{job.prefix}style-1.png"]
         # No lossy second encode of a JPEG, and no decode of anything else in the daemon's process.
-        assert [queue._get_bytes(key) for key in job.input_keys] == [sent_jpeg, sent_png]
+        assert [get_bytes(queue.store, queue.bucket, key) for key in job.input_keys] == [sent_jpeg, sent_png]
         head = queue.store.head_object(Bucket=queue.bucket, Key=job.input_keys[1])
         assert head["ContentType"] == "image/png"
 
@@ -279,7 +281,7 @@ def test_recovery_requeues_in_order_without_blaming_the_job(tmp_path: Path) -> N
 
 
 def test_undelivered_results_are_redelivered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "REDELIVERY_DELAYS_S", (0,))
+    monkeypatch.setattr(delivery, "REDELIVERY", Backoff((0,)))
 
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner())
@@ -392,7 +394,7 @@ from nst_daemon import db, imaging
 from nst_daemon.config import Settings
 from nst_daemon.engine_process import ProcessRunner
 from nst_daemon.jobs import JobQueue, JobRequest
-from nst_daemon.store import open_store
+from nst_daemon.store import get_bytes, open_store
 
 settings = Settings.model_validate(json.loads(sys.argv[1]))
 runner = ProcessRunner(settings)

@@ -12,7 +12,7 @@ from job_helpers import FakeRunner, cyclegan_request, make_queue, run_until_fina
 
 from nst_daemon import jobs
 from nst_daemon.engine_process import EngineProcessDied
-from nst_daemon.jobs import Job, JobQueue
+from nst_daemon.jobs import Job, JobQueue, delivery
 
 
 async def finished_undelivered(queue: JobQueue, count: int) -> list[int]:
@@ -54,7 +54,7 @@ def test_a_redelivery_pass_never_resends_what_was_delivered_meanwhile(tmp_path: 
         queue.set_deliverer("cli", deliver)
         passing = asyncio.create_task(queue.redeliver_pending())  # has read both rows
         await first_held.wait()
-        await queue._deliver(queue.get(second))  # the other path delivers the second job meanwhile
+        await queue.delivery.deliver(queue.get(second))  # the other path delivers the second job meanwhile
         assert queue.get(second).delivery == "delivered"
         release_first.set()
         await passing
@@ -77,8 +77,8 @@ def test_two_deliveries_from_the_same_stale_row_send_once(tmp_path: Path) -> Non
             await asyncio.sleep(0.05)
 
         queue.set_deliverer("cli", deliver)
-        await queue._deliver(stale)
-        await queue._deliver(stale)  # e.g. a second pass working from the same old read
+        await queue.delivery.deliver(stale)
+        await queue.delivery.deliver(stale)  # e.g. a second pass working from the same old read
         assert sent == ["sending"] and queue.get(job_id).delivery == "delivered"
         await queue.shutdown(1)
 
@@ -112,7 +112,7 @@ def test_a_delivery_left_mid_send_by_a_crash_is_sent_again(tmp_path: Path) -> No
 def test_a_delivery_cancelled_by_shutdown_is_handed_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jobs, "DELIVERY_GRACE_S", 0.1)
+    monkeypatch.setattr(delivery, "DELIVERY_GRACE_S", 0.1)
 
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner())

@@ -19,7 +19,8 @@ from job_helpers import FakeRunner, cyclegan_request, jpeg, make_queue, object_k
 
 from nst_daemon import db as database
 from nst_daemon import imaging
-from nst_daemon.errors import DISK_FULL_MESSAGE, DiskFull
+from nst_daemon.backoff import Backoff
+from nst_daemon.errors import DISK_FULL_MESSAGE, Cancelled, DiskFull
 from nst_daemon.jobs import Job
 from nst_daemon.runner import decode_inputs
 from nst_daemon.store import objfile
@@ -72,7 +73,7 @@ def test_a_full_disk_refuses_intake_with_one_line_and_leaves_nothing(
 def test_the_worker_waits_for_space_and_then_delivers(
     tmp_path: Path, disk: FillableDisk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nst_daemon.jobs.DISK_FULL_WAITS_S", (0.05,))
+    monkeypatch.setattr("nst_daemon.jobs.worker.DISK_FULL", Backoff((0.05,)))
 
     async def scenario() -> None:
         runner = FakeRunner()
@@ -125,10 +126,10 @@ def test_a_lock_held_past_the_busy_timeout_delays_intake_without_losing_it(
         submitted = asyncio.create_task(queue.submit(cyclegan_request()))
         # Three busy timeouts pass while the lock is held; the submission waits instead of failing.
         for _ in range(3000):
-            if submitted.done() or queue._write.lock_waits >= 3:
+            if submitted.done() or queue.job_store.writer.lock_waits >= 3:
                 break
             await asyncio.sleep(0.01)
-        assert not submitted.done() and queue._write.lock_waits >= 3
+        assert not submitted.done() and queue.job_store.writer.lock_waits >= 3
         release.set()
         job = await submitted
         thread.join()
@@ -138,6 +139,22 @@ def test_a_lock_held_past_the_busy_timeout_delays_intake_without_losing_it(
     asyncio.run(scenario())
 
 
+def hold_uploads(queue: Any, held: str = "") -> tuple[threading.Event, threading.Event]:
+    """Make the store's put_object hang (for keys containing `held`) until the second event is set; the
+    first one tells that an upload is hanging."""
+    real_put = queue.store.put_object
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_put(**kwargs: Any) -> Any:
+        if held in kwargs["Key"]:
+            entered.set()
+            release.wait(60)
+        return real_put(**kwargs)
+
+    queue.store.put_object = hanging_put
+    return entered, release
+
+
 def test_no_lock_is_held_across_a_slow_store_write(tmp_path: Path) -> None:
     """An upload that hangs in the store must not stop other jobs' writes (the insert used to hold the
     queue's lock across `put_object`, and every state change on the event loop waited behind it)."""
@@ -145,15 +162,7 @@ def test_no_lock_is_held_across_a_slow_store_write(tmp_path: Path) -> None:
     async def scenario() -> None:
         queue = make_queue(tmp_path, FakeRunner(), queue={"max_pending": 10, "per_user": 10})
         other = await queue.submit(cyclegan_request("other"))
-        real_put = queue.store.put_object
-        entered, release = threading.Event(), threading.Event()
-
-        def slow_put(**kwargs: Any) -> Any:
-            entered.set()
-            release.wait(30)
-            return real_put(**kwargs)
-
-        queue.store.put_object = slow_put
+        entered, release = hold_uploads(queue)
         slow = asyncio.create_task(queue.submit(cyclegan_request("slow")))
         await asyncio.to_thread(entered.wait, 30)
         assert await asyncio.wait_for(queue.cancel(other.id), 20)  # a write while the upload hangs
@@ -161,6 +170,70 @@ def test_no_lock_is_held_across_a_slow_store_write(tmp_path: Path) -> None:
         release.set()
         job = await slow
         assert queue.get(job.id).state == "queued"
+
+    asyncio.run(scenario())
+
+
+class GatedRunner:
+    """Reports half-way once `go` is set, then runs until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def run(
+        self, job: Job, content: bytes, styles: list[bytes], progress: Any, cancel: threading.Event
+    ) -> Any:
+        self.started.set()
+        self.go.wait(30)
+        progress(0.5)
+        cancel.wait(30)
+        raise Cancelled()
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        return []
+
+
+async def wait_for_state(queue: Any, job_id: int, check: Any, limit_s: float = 20) -> Job:
+    """Poll until `check(job)` holds; the limit is a hang detector, not a speed target."""
+    for _ in range(int(limit_s / 0.02)):
+        job = queue.get(job_id)
+        if job is not None and check(job):
+            return job
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} never got there: {queue.get(job_id)}")
+
+
+def test_a_hanging_upload_blocks_no_other_jobs_progress_cancel_or_status(tmp_path: Path) -> None:
+    """One job's inputs hang in the store (an S3 upload that never answers) while another job runs: the
+    running job's progress is still written, the status reads still answer, and its cancel still lands."""
+
+    async def scenario() -> None:
+        runner = GatedRunner()
+        queue = make_queue(tmp_path, runner, queue={"max_pending": 10, "per_user": 10})
+        running = await queue.submit(cyclegan_request("running"))
+        worker = asyncio.create_task(queue.run_worker())
+        await asyncio.to_thread(runner.started.wait, 30)
+        # The new job's upload hangs; the running job's report goes through.
+        entered, release = hold_uploads(queue, held="/content.")
+        hanging = asyncio.create_task(queue.submit(cyclegan_request("hanging")))
+        await asyncio.to_thread(entered.wait, 30)
+
+        runner.go.set()
+        half = await wait_for_state(queue, running.id, lambda job: job.progress == 0.5)
+        assert half.state == "running" and not hanging.done()
+        # Status reads: the running job, and not the one whose inputs are not stored yet.
+        assert [job.id for job in queue.active_jobs()] == [running.id]
+        assert queue.position(running.id) == (1, 1) and queue.pending_count() == 2
+        assert await asyncio.wait_for(queue.cancel(running.id), 20)
+        await wait_for_state(queue, running.id, lambda job: job.state == "cancelled")
+        assert not hanging.done()
+
+        release.set()
+        queued = await hanging
+        assert queue.get(queued.id).state in ("queued", "running")
+        await queue.shutdown(1)
+        worker.cancel()
 
     asyncio.run(scenario())
 

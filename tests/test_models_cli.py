@@ -13,6 +13,7 @@ from http_fixture import CheckpointSet, FileServer, checkpoint_set, write_catalo
 from rich.console import Console
 
 from nst_daemon import cli, download
+from nst_daemon.backoff import Backoff
 from nst_daemon.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def config(tmp_path: Path, server: FileServer, ckpt: CheckpointSet) -> Path:
 @pytest.fixture
 def nstd(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: Path):
     """Run the console-script entry point in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(download, "BASE_DELAY", 0.01)
+    monkeypatch.setattr(download, "RETRY", Backoff.exponential(0.01, 30.0, max_retry_after=60.0))
     monkeypatch.setattr(cli, "console", Console(width=200, color_system=None))
     for name in [name for name in os.environ if name.startswith("NSTD_")]:
         monkeypatch.delenv(name)

@@ -1,7 +1,8 @@
 """What the user is told when taking an image fails for a reason of the server's, not of the image.
 
 One mapping for the two places that reply: JobStarter (which edits the image's "got it" message) and the
-dispatcher's error handler (routers/errors.py), which catches whatever escapes a handler.
+dispatcher's error handler (routers/errors.py), which catches whatever escapes a handler. Handlers do not
+catch an NstdError to reply themselves: they let it escape to that handler.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sqlite3
 from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
 
 from nst_daemon.bot import texts
+from nst_daemon.bot.images import InputProblem
 from nst_daemon.errors import NstdError
 
 
@@ -31,7 +33,10 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def failure_reply(exc: BaseException) -> str:
-    """The same reason as a message of its own."""
+    """The same reason as a message of its own; a message the bot cannot use as an image is answered
+    with its own words ("Send a photo or an image file.")."""
+    if isinstance(exc, InputProblem):
+        return str(exc)
     reason = failure_reason(exc)
     return f"Sorry, that didn't go through: {reason}."
 

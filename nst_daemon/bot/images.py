@@ -16,6 +16,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import Message
 
+from nst_daemon.backoff import Backoff
 from nst_daemon.bot import texts
 from nst_daemon.errors import NstdError
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit
 DOWNLOAD_TIMEOUT_S = 60
 DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_RETRY = Backoff((1.0, 2.0))
 
 
 class InputProblem(NstdError):
@@ -91,5 +93,5 @@ async def download(bot: Bot, ref: ImageRef) -> bytes:
             log.warning("telegram: download failed (attempt %d): %s", attempt, type(exc).__name__)
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise InputProblem(texts.DOWNLOAD_FAILED) from None
-            await asyncio.sleep(attempt)
+            await asyncio.sleep(DOWNLOAD_RETRY.delay(attempt))
     raise InputProblem(texts.DOWNLOAD_FAILED)

@@ -25,13 +25,15 @@ from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.methods import GetUpdates
 from aiogram.types import Update
 
+from nst_daemon.backoff import PATIENT
 from nst_daemon.bot import texts
 from nst_daemon.bot.intake import MAX_ATTEMPTS, IntakeLog, StoredUpdate, Ticket, current_ticket
 from nst_daemon.errors import describe_failure
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# Telegram unreachable: getUpdates is tried again after these waits.
+RETRY = PATIENT
 PRUNE_EVERY_S = 3600.0
 
 
@@ -79,8 +81,8 @@ class DurablePoller:
             except Exception as exc:
                 # Telegram unreachable, or the database refused the batch: nothing was confirmed, so
                 # the same updates come again on the next try.
-                delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
+                delay = RETRY.delay(failures)
                 log.warning("telegram: polling failed (%s); retrying in %.0f s", describe_failure(exc), delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)

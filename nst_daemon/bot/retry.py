@@ -24,6 +24,7 @@ from aiogram.exceptions import (
 from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import Response
 
+from nst_daemon.backoff import Backoff
 from nst_daemon.errors import describe_failure
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,12 @@ class RetryMiddleware(BaseRequestMiddleware):
         # so sleeping here holds up the next job.
         max_retry_after: float = 10.0,
         network_retries: int = 2,
-        network_delays: tuple[float, ...] = (0.5, 1.5),
+        network_backoff: Backoff = Backoff((0.5, 1.5)),
     ) -> None:
         self.flood_retries = flood_retries
         self.max_retry_after = max_retry_after
         self.network_retries = network_retries
-        self.network_delays = network_delays
+        self.network_backoff = network_backoff
 
     async def __call__(
         self, make_request: NextRequestMiddlewareType[Any], bot: Bot, method: TelegramMethod[Any]
@@ -67,6 +68,6 @@ class RetryMiddleware(BaseRequestMiddleware):
                 failures += 1
                 if failures > self.network_retries:
                     raise
-                delay = self.network_delays[min(failures, len(self.network_delays)) - 1]
+                delay = self.network_backoff.delay(failures)
                 log.warning("telegram %s: %s; retrying in %.1f s", name, describe_failure(exc), delay)
                 await asyncio.sleep(delay)

@@ -16,7 +16,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import InlineKeyboardMarkup, Message
 
 from nst_daemon.bot import texts
-from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
+from nst_daemon.bot.images import ImageRef, image_ref
 
 MAX_STYLE_IMAGES = 8
 WEIGHT = re.compile(r"[x×*]?\s*(\d+(?:\.\d+)?)\s*[x×]?", re.IGNORECASE)
@@ -54,11 +54,7 @@ async def collect(
     reply: Callable[[list[dict[str, Any]]], tuple[str, InlineKeyboardMarkup]],
 ) -> None:
     """Add the message's image to the conversation's `styles` and acknowledge with `reply(styles)`."""
-    try:
-        ref = image_ref(message)
-    except InputProblem as exc:
-        await message.answer(str(exc))
-        return
+    ref = image_ref(message)  # an InputProblem is answered by the error handler (routers/errors.py)
     group = message.media_group_id
     data = await state.get_data()
     weight = 1.0

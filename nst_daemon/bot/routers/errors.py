@@ -16,6 +16,7 @@ from aiogram.filters import ExceptionTypeFilter
 from aiogram.types import ErrorEvent
 
 from nst_daemon.bot.failures import expected, failure_reply
+from nst_daemon.bot.images import InputProblem
 from nst_daemon.errors import describe_failure
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 async def reply_to_failure(event: ErrorEvent, bot: Bot) -> None:
     exc = event.exception
     update_id = event.update.update_id
-    if expected(exc):
+    if isinstance(exc, InputProblem):  # the user's mistake, answered in its own words: not the server's
+        log.info("telegram: update %s: %s", update_id, exc)
+    elif expected(exc):
         log.warning("telegram: update %s failed: %s", update_id, describe_failure(exc))
     else:
         log.error("telegram: update %s failed: %s", update_id, describe_failure(exc), exc_info=exc)

@@ -18,7 +18,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.callbacks import CallbackAnswer
 from nst_daemon.bot.context import Services
-from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
+from nst_daemon.bot.images import ImageRef, image_ref
 from nst_daemon.bot.states import Nst
 from nst_daemon.bot.style_images import collect, image_refs, weights_of, weights_text
 
@@ -39,11 +39,7 @@ async def begin_with_content(message: Message, state: FSMContext, content: Image
 
 
 async def content_image(message: Message, state: FSMContext) -> None:
-    try:
-        ref = image_ref(message)
-    except InputProblem as exc:
-        await message.answer(str(exc))
-        return
+    ref = image_ref(message)  # an InputProblem is answered by the error handler (routers/errors.py)
     await begin_with_content(message, state, ref)
 
 

@@ -19,7 +19,7 @@ from aiogram.types import CallbackQuery, Message
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.callbacks import CallbackAnswer
 from nst_daemon.bot.context import Services
-from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
+from nst_daemon.bot.images import ImageRef, image_ref
 from nst_daemon.bot.routers.nst_flow import begin_with_content
 from nst_daemon.bot.states import Nst, Quick
 from nst_daemon.config import CYCLEGAN_STYLES
@@ -91,11 +91,7 @@ async def _remember_album(
 async def photo(
     message: Message, state: FSMContext, raw_state: str | None, bot: Bot, services: Services
 ) -> None:
-    try:
-        ref = image_ref(message)
-    except InputProblem as exc:
-        await message.answer(str(exc))
-        return
+    ref = image_ref(message)  # an InputProblem is answered by the error handler (routers/errors.py)
     current = raw_state  # read by aiogram's FSM middleware for this update; no second read
     data: dict[str, Any] = await state.get_data()
     group = message.media_group_id

@@ -1,6 +1,9 @@
-"""The job store's writes, each one transaction that `JobWriter` runs on its thread: plain SQL on the
-connection it is given, and the job read back on that same connection (the shared one may still be on an
-older snapshot)."""
+"""The job store's SQL: plain statements on the connection they are given. The writes each run as one
+transaction on `JobWriter`'s thread and read the job back on that same connection (the shared one may
+still be on an older snapshot); the reads run on any connection. Only `nst_daemon.jobs.store` calls these.
+
+Not sqlite-utils' `rows_where` or `query`: those add a sqlite_master lookup or a savepoint around every
+statement, which once made most of the statements a job ran on the event loop."""
 
 from __future__ import annotations
 
@@ -9,11 +12,82 @@ import sqlite3
 import time
 from typing import Any
 
-from nst_daemon.job_model import STORED_WHERE, Job, fetch_jobs
+from nst_daemon.job_model import ACTIVE_STATES, FINAL_STATES, Job, JobRequest, QueueFull, UserBusy
 
 # Daemon restarts a job may sit through while running before it fails: not blame (a daemon crash is not
 # the job's doing), a guard against a job that takes the daemon itself down every time.
 MAX_INTERRUPTIONS = 10
+
+
+def _state_in(states: tuple[str, ...]) -> str:
+    return "state in (" + ", ".join(f"'{state}'" for state in states) + ")"
+
+
+ACTIVE_WHERE = _state_in(ACTIVE_STATES)
+FINAL_WHERE = _state_in(FINAL_STATES)
+# A queued row has no inputs for the moment between its insert and the store's answer (see
+# `Intake.submit`): it counts against the caps, but nothing may run it or show it yet.
+STORED_WHERE = "input_keys is not null"
+
+
+# --- reads ---
+
+
+def fetch_jobs(
+    conn: sqlite3.Connection, where: str, args: list[Any] | None = None, suffix: str = ""
+) -> list[dict[str, Any]]:
+    """Rows of `jobs` as dicts, in one statement, all read before returning: an open cursor would pin
+    a stale read snapshot on a shared connection."""
+    cursor = conn.execute(f"select * from jobs where {where} {suffix}", args or [])
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def fetch(conn: sqlite3.Connection, where: str, args: list[Any] | None = None, suffix: str = "") -> list[Job]:
+    return [Job.from_row(row) for row in fetch_jobs(conn, where, args, suffix)]
+
+
+def count_active(conn: sqlite3.Connection, owner: str | None = None) -> int:
+    """Queued and running jobs, all or one owner's."""
+    if owner is None:
+        return conn.execute(f"select count(*) from jobs where {ACTIVE_WHERE}").fetchone()[0]
+    return conn.execute(f"select count(*) from jobs where owner = ? and {ACTIVE_WHERE}", [owner]).fetchone()[
+        0
+    ]
+
+
+def check_capacity(conn: sqlite3.Connection, owner: str, max_pending: int, per_user: int) -> None:
+    if count_active(conn) >= max_pending:
+        raise QueueFull(max_pending)
+    if count_active(conn, owner) >= per_user:
+        raise UserBusy(per_user)
+
+
+# --- writes ---
+
+
+def insert_job(request: JobRequest, max_pending: int, per_user: int, conn: sqlite3.Connection) -> int:
+    """The row of a new job, without its input keys yet; the capacity check is in the same transaction,
+    so two submissions racing for the last slot cannot both win."""
+    check_capacity(conn, request.owner, max_pending, per_user)
+    now = time.time()
+    row = {
+        "source": request.source,
+        "owner": request.owner,
+        "engine": request.engine,
+        "styles": json.dumps(request.styles),
+        "params": json.dumps(request.params),
+        "state": "queued",
+        "progress": 0.0,
+        "attempts": 0,
+        "delivery": "pending",
+        "reply": json.dumps(request.reply),
+        "created_at": now,
+        "updated_at": now,
+    }
+    columns = ", ".join(f"[{name}]" for name in row)
+    marks = ", ".join("?" * len(row))
+    return conn.execute(f"insert into jobs ({columns}) values ({marks})", list(row.values())).lastrowid
 
 
 def read_job(conn: sqlite3.Connection, job_id: int) -> Job | None:

@@ -1,0 +1,46 @@
+"""Every package that nst_daemon/ imports directly is declared in pyproject.toml: none may arrive only
+through another one (pydantic once came only through aiogram)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_top_level_modules() -> set[str]:
+    modules: set[str] = set()
+    for path in (ROOT / "nst_daemon").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"nst_daemon"}
+
+
+def declared_distributions() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    # The runtime extras count: ONNX Runtime comes as onnxruntime or onnxruntime-gpu (same module).
+    specs = [*project["dependencies"], *project["optional-dependencies"]["cpu"]]
+    return {normalize(re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_directly_imported_package_is_declared() -> None:
+    installed = packages_distributions()
+    declared = declared_distributions()
+    undeclared = {
+        module: installed.get(module, ["(not installed)"])
+        for module in imported_top_level_modules()
+        if not declared & {normalize(dist) for dist in installed.get(module, [module])}
+    }
+    assert undeclared == {}, f"imported by nst_daemon/ but not declared in pyproject.toml: {undeclared}"
