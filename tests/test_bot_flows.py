@@ -184,7 +184,8 @@ class BotHarness:
     def _own_connection(self) -> Any:
         # The test thread gets its own connection, as `nstd users add` does: the daemon's connection
         # belongs to its event loop, and a second thread committing on it would end the loop's transaction.
-        return database.connect(Path(self.db.conn.execute("PRAGMA database_list").fetchone()[2]))
+        # It works before start() too, so users can be allowed before stored updates are replayed.
+        return database.connect(self.settings().db_path)
 
     def allow(self, *user_ids: int) -> None:
         conn = self._own_connection()

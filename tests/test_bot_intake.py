@@ -37,8 +37,10 @@ def harness_for(server: FakeTelegram, state: Path, after: BotHarness | None = No
     harness = BotHarness(server, state, rate_limit_per_minute=60)
     if after is not None:
         harness.store = after.store
-    harness.start(**QUEUE)
+    # Allowed before the start: the start replays stored updates, and a user allowed only afterwards
+    # would get "this is a private bot" for them (as a user removed while the daemon was down should).
     harness.allow(USER, USER + 1, USER + 2, USER + 3, USER + 4, USER + 5)
+    harness.start(**QUEUE)
     return harness
 
 
