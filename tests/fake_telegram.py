@@ -946,6 +946,11 @@ class FakeTelegram:
             since,
         )
 
+    @property
+    def polls(self) -> int:
+        """How many getUpdates calls have come (a bot polls once its start-up and replay are done)."""
+        return self._poll_generation
+
     def wait_handled(self, timeout: float = 30) -> None:
         """Wait until every Bot API call that reached the server is in `calls` (a killed bot's last request
         is recorded once the server has handled it, which may be a moment after the kill)."""

@@ -90,8 +90,14 @@ class Bot:
             time.sleep(0.1)
 
     def result(self, user_id: int, since: int, timeout: float = 90) -> Call:
+        """The delivered result; not the status photo an NST job's live preview sends when it runs long."""
         return self.server.wait_for(
-            lambda c: c.method in ("sendPhoto", "sendDocument") and c.chat_id == user_id and c.ok,
+            lambda c: (
+                c.method in ("sendPhoto", "sendDocument")
+                and c.chat_id == user_id
+                and c.ok
+                and "Send a new image to start again" in c.text
+            ),
             timeout,
             since,
         )
