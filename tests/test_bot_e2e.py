@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -90,17 +91,20 @@ class Bot:
             time.sleep(0.1)
 
     def result(self, user_id: int, since: int, timeout: float = 90) -> Call:
-        """The delivered result; not the status photo an NST job's live preview sends when it runs long."""
-        return self.server.wait_for(
-            lambda c: (
-                c.method in ("sendPhoto", "sendDocument")
-                and c.chat_id == user_id
-                and c.ok
-                and "Send a new image to start again" in c.text
-            ),
-            timeout,
-            since,
-        )
+        return self.server.wait_for(lambda c: is_result(c, user_id), timeout, since)
+
+
+RESULT_CAPTION = re.compile(r".+ · .+ on .+\nSend a new image to start again\.")
+
+
+def is_result(call: Call, user_id: int) -> bool:
+    """A delivered result; not the status photo an NST job's live preview sends when the job runs long."""
+    return (
+        call.method in ("sendPhoto", "sendDocument")
+        and call.chat_id == user_id
+        and call.ok
+        and RESULT_CAPTION.fullmatch(call.text) is not None
+    )
 
 
 def check_log(daemon: DaemonProcess) -> None:
@@ -248,7 +252,7 @@ def test_cancel_stops_a_running_job(bot: Bot) -> None:
     server.wait_text(user, r"Job #\d+ cancelled", since=mark, timeout=60)
     assert bot.jobs(user)[-1]["state"] == "cancelled"
     time.sleep(0.5)
-    assert not server.find(lambda c: c.method in ("sendPhoto", "sendDocument") and c.chat_id == user, mark)
+    assert not server.find(lambda c: is_result(c, user), mark)
 
 
 # --- refusals and errors ---
