@@ -126,7 +126,8 @@ class DaemonProcess:
         return [NSTD, "--config", str(self.config), "run"]
 
     def start(self, wait_for: str | None = "nstd is running", timeout: float = 60) -> DaemonProcess:
-        self.lines = []
+        # Each run gets its own list: output a killed run's orphans still write must not land in the next.
+        self.lines = lines = []
         self.proc = subprocess.Popen(
             self.command(),
             stdout=subprocess.PIPE,
@@ -134,16 +135,16 @@ class DaemonProcess:
             text=True,
             env=self.env,
         )
-        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc, lines), daemon=True)
         self._reader.start()
         if wait_for:
             self.wait_for_log(wait_for, timeout)
         return self
 
-    def _read(self, proc: subprocess.Popen[str]) -> None:
+    def _read(self, proc: subprocess.Popen[str], lines: list[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+            lines.append(line.rstrip("\n"))
 
     @property
     def log(self) -> str:

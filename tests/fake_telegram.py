@@ -195,6 +195,7 @@ class FakeTelegram:
         self._runner: web.AppRunner | None = None
         self._update_event: asyncio.Event | None = None
         self._poll_generation = 0
+        self._handling = 0  # Bot API calls (not getUpdates) received and not yet recorded
 
     # --- lifecycle ---
 
@@ -362,6 +363,18 @@ class FakeTelegram:
 
     async def _handle_method(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if method == "getUpdates":
+            return await self._handle_call(request, method)
+        with self._changed:
+            self._handling += 1
+        try:
+            return await self._handle_call(request, method)
+        finally:
+            with self._changed:
+                self._handling -= 1
+                self._changed.notify_all()
+
+    async def _handle_call(self, request: web.Request, method: str) -> web.Response:
         params, files, filenames = await self._read_params(request)
         if request.match_info["token"] != self.token:
             response = self._error(401, "Unauthorized")
@@ -932,6 +945,22 @@ class FakeTelegram:
             timeout,
             since,
         )
+
+    @property
+    def polls(self) -> int:
+        """How many getUpdates calls have come (a bot polls once its start-up and replay are done)."""
+        return self._poll_generation
+
+    def wait_handled(self, timeout: float = 30) -> None:
+        """Wait until every Bot API call that reached the server is in `calls` (a killed bot's last request
+        is recorded once the server has handled it, which may be a moment after the kill)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._handling:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{self._handling} calls still being handled after {timeout} s")
+                self._changed.wait(remaining)
 
     def wait_confirmed(self, update_id: int, timeout: float = 30) -> None:
         """Wait until the bot confirmed an update (a getUpdates with a higher offset arrived)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from fake_telegram import DEFAULT_TOKEN, Call, FakeTelegram
 from PIL import Image
 
@@ -185,7 +186,8 @@ class BotHarness:
     def _own_connection(self) -> Any:
         # The test thread gets its own connection, as `nstd users add` does: the daemon's connection
         # belongs to its event loop, and a second thread committing on it would end the loop's transaction.
-        return database.connect(Path(self.db.conn.execute("PRAGMA database_list").fetchone()[2]))
+        # It works before start() too, so users can be allowed before stored updates are replayed.
+        return database.connect(self.settings().db_path)
 
     def allow(self, *user_ids: int) -> None:
         conn = self._own_connection()
@@ -818,7 +820,11 @@ def test_conversation_survives_a_restart(own_server: FakeTelegram, tmp_path: Pat
 def test_the_token_never_reaches_the_log(server: FakeTelegram, harness: BotHarness, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG)
     server.go_down(mode="drop")
-    time.sleep(3)
+    # The poll in flight ends with a 502, the retry a second later meets a dropped connection: both logged.
+    wait_until(
+        lambda: sum("polling failed" in record.getMessage() for record in caplog.records) >= 2,
+        message="two failed polls in the log",
+    )
     server.come_up()
     assert DEFAULT_TOKEN.split(":")[1] not in caplog.text
 

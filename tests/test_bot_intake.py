@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from fake_telegram import Call, FakeTelegram
 from test_bot_flows import BotHarness, jpeg
 
@@ -37,8 +39,10 @@ def harness_for(server: FakeTelegram, state: Path, after: BotHarness | None = No
     harness = BotHarness(server, state, rate_limit_per_minute=60)
     if after is not None:
         harness.store = after.store
-    harness.start(**QUEUE)
+    # Allowed before the start: the start replays stored updates, and a user allowed only afterwards
+    # would get "this is a private bot" for them (as a user removed while the daemon was down should).
     harness.allow(USER, USER + 1, USER + 2, USER + 3, USER + 4, USER + 5)
+    harness.start(**QUEUE)
     return harness
 
 
@@ -287,16 +291,23 @@ def test_an_update_cut_off_again_and_again_is_given_up_with_a_reply(
 
 
 def test_a_database_locked_longer_than_the_busy_timeout_loses_no_photo(
-    server: FakeTelegram, tmp_path: Path
+    server: FakeTelegram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Another process holds the write lock past SQLite's busy timeout while a photo comes in: the update
-    is not confirmed until it could be stored, so it is taken once the lock is gone."""
+    is not confirmed until it could be stored, so it is taken once the lock is gone. Scaled down: a 1 s
+    busy timeout (10 s in the daemon), and the lock held until storing the batch has failed."""
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 1000)
+    caplog.set_level(logging.WARNING, logger="nst_daemon.bot.polling")
     harness = harness_for(server, tmp_path)
     holder = sqlite3.connect(tmp_path / "nstd.sqlite3", isolation_level=None)
     try:
+        wait_until(lambda: server.polls, message="the bot to poll")  # its replay at the start is done
         holder.execute("BEGIN IMMEDIATE")
         update = server.send_photo(USER, jpeg(), caption="monet")["update_id"]
-        time.sleep(database.BUSY_TIMEOUT_MS / 1000 + 2)
+        wait_until(
+            lambda: any("polling failed" in r.message and "locked" in r.message for r in caplog.records),
+            message="storing the update to give up on the lock",
+        )
         assert server.confirmed_offset <= update  # not confirmed while it could not be stored
         holder.execute("ROLLBACK")
         wait_results(server, USER, 1)
