@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import time
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,59 +27,28 @@ from rich.filesize import decimal
 from rich.markup import escape
 from rich.table import Table
 
-import nst_daemon
 from nst_daemon import download
+
+# The catalog file itself (its entries, where it is, how it is read) is catalog_file's; re-exported here.
+from nst_daemon.catalog_file import (
+    CatalogEntry,
+    CatalogError,
+    catalog_path,
+    get_catalog,
+    load_catalog,
+)
 from nst_daemon.config import Settings
+from nst_daemon.engines import registry
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir, fsync_dir
 from nst_daemon.manifest import MANIFEST_NAME, InstalledModel, read_manifest, write_manifest
 from nst_daemon.wording import plural
 
-KINDS = ("vgg19", "cyclegan", "adain_vgg", "adain_decoder")
-SIZE_CAP_FACTOR = 1.5
 LOCK_DIR = ".locks"
 _HASH_CHUNK = 1 << 20
 _PINNED_LABELS = {"catalog": "catalog sha256", "tofu": "first use (tofu)", "import": "import"}
 # The same in `models list`, where the column must fit 80 columns; the README explains each word.
 _PINNED_SHORT = {"catalog": "catalog", "tofu": "tofu", "import": "import"}
-# `models list`'s style column for the models that are not a style themselves: the engine they serve.
-_ENGINE_OF_KIND = {"vgg19": "(NST)", "adain_vgg": "(AdaIN)", "adain_decoder": "(AdaIN)"}
-
-
-class CatalogError(NstdError):
-    """The catalog file is missing or malformed."""
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    name: str
-    kind: str  # one of KINDS
-    style: str
-    url: str
-    file: str
-    size: int
-    sha256: str | None = None
-    size_exact: bool = True
-    source: str = ""
-    license: str = ""
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.size * SIZE_CAP_FACTOR)
-
-    @property
-    def runnable(self) -> str:
-        """The file the engine loads: the checkpoint itself for VGG19, the exported ONNX for the others."""
-        return self.file if self.kind == "vgg19" else f"{self.name}.onnx"
-
-    @property
-    def files(self) -> list[str]:
-        # The checkpoint first, then what is derived from it.
-        return [self.file] if self.runnable == self.file else [self.file, self.runnable]
-
-    def url_for(self, mirror: str | None) -> str:
-        """A mirror serves the catalog's file names under one base URL."""
-        return f"{mirror.rstrip('/')}/{self.file}" if mirror else self.url
 
 
 @dataclass(frozen=True)
@@ -104,90 +72,6 @@ class _Outcome:
     detail: str = ""
     sha256: str = ""
     unreachable: CatalogEntry | None = None  # failed because its server could not be reached
-
-
-# --- the catalog --------------------------------------------------------------------------------------------
-
-
-def default_catalog_path() -> Path:
-    return Path(nst_daemon.__file__).resolve().parent.parent / "models" / "catalog.toml"
-
-
-def catalog_path(settings: Settings) -> Path:
-    path = settings.models.catalog or default_catalog_path()
-    if not path.is_file():
-        hint = "" if settings.models.catalog else " (nstd looks for models/catalog.toml next to its package)"
-        raise CatalogError(
-            f"model catalog {path} not found{hint}; set models.catalog in the config to a catalog.toml"
-        )
-    return path
-
-
-def load_catalog(path: Path) -> dict[str, CatalogEntry]:
-    """Catalog entries by name, in file order; CatalogError names the file, the entry and the field."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CatalogError(f"cannot read model catalog {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"model catalog {path} is not valid TOML: {exc}") from None
-    models = raw.get("models")
-    if not isinstance(models, list) or not models:
-        raise CatalogError(f"model catalog {path} has no [[models]] entries")
-    entries: dict[str, CatalogEntry] = {}
-    for index, item in enumerate(models):
-        entry = _parse_entry(path, index, item)
-        if entry.name in entries:
-            raise CatalogError(f"model catalog {path}: model {entry.name} appears twice")
-        entries[entry.name] = entry
-    return entries
-
-
-def _parse_entry(path: Path, index: int, item: object) -> CatalogEntry:
-    where = f"model catalog {path}: models[{index}]"
-    if not isinstance(item, dict):
-        raise CatalogError(f"{where}: expected a table")
-    known = {"name", "kind", "style", "url", "file", "size", "sha256", "size_exact", "source", "license"}
-    for key in item:
-        if key not in known:
-            raise CatalogError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-    for key in ("name", "kind", "url", "file", "size"):
-        if key not in item:
-            raise CatalogError(f"{where}: missing key {key!r}")
-    if item.get("name"):
-        where = f"model catalog {path}: {item['name']}"
-    for key in ("name", "kind", "style", "url", "file", "sha256", "source", "license"):
-        if key in item and not isinstance(item[key], str):
-            raise CatalogError(f"{where}: {key} must be a string")
-    if item["kind"] not in KINDS:
-        raise CatalogError(f"{where}: kind must be one of {', '.join(KINDS)} (got {item['kind']!r})")
-    if not isinstance(item["size"], int) or isinstance(item["size"], bool) or item["size"] <= 0:
-        raise CatalogError(f"{where}: size must be a positive number of bytes")
-    name, file = item["name"], item["file"]
-    for key, value in (("name", name), ("file", file)):
-        if not value or "/" in value or "\\" in value or value.startswith("."):
-            raise CatalogError(f"{where}: {key} must be a plain file name (got {value!r})")
-    sha256 = item.get("sha256") or None
-    if sha256 is not None:
-        sha256 = sha256.lower()
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise CatalogError(f"{where}: sha256 must be 64 hex digits")
-    return CatalogEntry(
-        name=name,
-        kind=item["kind"],
-        style=item.get("style", ""),
-        url=item["url"],
-        file=file,
-        size=item["size"],
-        sha256=sha256,
-        size_exact=bool(item.get("size_exact", True)),
-        source=item.get("source", ""),
-        license=item.get("license", ""),
-    )
-
-
-def get_catalog(settings: Settings) -> dict[str, CatalogEntry]:
-    return load_catalog(catalog_path(settings))
 
 
 def _select(catalog: dict[str, CatalogEntry], names: Iterable[str]) -> list[CatalogEntry]:
@@ -581,13 +465,9 @@ def _install(
 
 def _export_onnx(kind: str, checkpoint: Path, onnx_path: Path) -> float:
     """Build the ONNX file of a checkpoint, checked against PyTorch; the max difference found."""
-    if kind == "cyclegan":
-        from nst_daemon.engines import cyclegan
-
-        return cyclegan.export_onnx(checkpoint, onnx_path)
-    from nst_daemon.engines import adain_net
-
-    return adain_net.export_onnx(kind, checkpoint, onnx_path)
+    model_kind = registry.model_kind(kind)
+    assert model_kind is not None and model_kind.export is not None, kind
+    return model_kind.export(kind, checkpoint, onnx_path)
 
 
 def validate_checkpoint(kind: str, path: Path, shown_as: str | None = None) -> None:
@@ -604,19 +484,10 @@ def validate_checkpoint(kind: str, path: Path, shown_as: str | None = None) -> N
             f"{shown_as or path.name} is not a PyTorch checkpoint nstd can load ({_load_failure(exc)}); "
             "nothing was installed"
         ) from None
+    model_kind = registry.model_kind(kind)
     try:
-        if kind == "vgg19":
-            from nst_daemon.engines.vgg import validate_vgg_state_dict
-
-            validate_vgg_state_dict(raw)
-        elif kind in ("adain_vgg", "adain_decoder"):
-            from nst_daemon.engines.adain_net import clean_state_dict
-
-            clean_state_dict(kind, raw)
-        else:
-            from nst_daemon.engines.cyclegan import clean_generator_state_dict
-
-            clean_generator_state_dict(raw)
+        if model_kind is not None and model_kind.validate is not None:
+            model_kind.validate(kind, raw)
     except NstdError as exc:
         raise NstdError(f"{exc.message}; nothing was installed") from None
 
@@ -761,10 +632,16 @@ def print_list(settings: Settings, console: Console) -> None:
                 problems.append(f"{entry.name}: {status.problem}; `nstd models pull {entry.name}` fixes it")
             approx = "" if entry.size_exact else "~"
             size, digest = approx + decimal(entry.size), (entry.sha256 or "")[:12] or "-"
-        table.add_row(entry.name, entry.style or _ENGINE_OF_KIND.get(entry.kind, ""), installed, size, digest)
+        table.add_row(entry.name, entry.style or _serves(entry.kind), installed, size, digest)
     console.print(table)
     for problem in problems:
         console.print(escape(problem), highlight=False)
+
+
+def _serves(kind: str) -> str:
+    """`models list`'s style column for a model that is not a style itself: the engine it serves."""
+    model_kind = registry.model_kind(kind)
+    return model_kind.serves if model_kind is not None else ""
 
 
 def _print_summary(outcomes: list[_Outcome], console: Console) -> None:

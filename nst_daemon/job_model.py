@@ -97,9 +97,10 @@ class Job:
 
     @property
     def style_label(self) -> str:
-        return (
-            self.styles[0] if self.engine == "cyclegan" else f"multi-style NST ({len(self.input_keys) - 1})"
-        )
+        """ "Van Gogh", "AdaIN (2 style images)": the registry's one rule (style_catalog.job_label)."""
+        from nst_daemon.style_catalog import job_label
+
+        return job_label(self.engine, self.styles, max(1, len(self.input_keys) - 1))
 
 
 def _state_in(states: tuple[str, ...]) -> str:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nst_daemon import imaging
-from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon.config import Settings
 from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
 from nst_daemon.errors import ModelNotInstalled, NstdError
 from nst_daemon.manifest import runnable_path
+from nst_daemon.style_catalog import style_keys
 from nst_daemon.style_names import normalize_style
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def check_name(text: str) -> str:
         raise StyleRefused(f"{text!r} is not a usable style name: use letters and digits")
     if len(name) > MAX_NAME:
         raise StyleRefused(f"style name {name!r} is too long: at most {MAX_NAME} letters and digits")
-    if name in CYCLEGAN_STYLES:
+    if name in style_keys():
         raise StyleRefused(f"{name!r} is a built-in style; choose another name for a named style")
     if name in RESERVED_NAMES:
         raise StyleRefused(f"{name!r} is reserved (a folder of the watched inbox); choose another name")
@@ -266,4 +267,4 @@ def print_list(styles: list[NamedStyle], console: Console) -> None:
         console.print(table)
     else:
         console.print("no named styles yet: `nstd styles add NAME IMAGE...` saves one")
-    console.print(f"built-in styles: {', '.join(CYCLEGAN_STYLES)}", style="dim", highlight=False)
+    console.print(f"built-in styles: {', '.join(style_keys())}", style="dim", highlight=False)

@@ -205,7 +205,7 @@ def test_jobs_show_names_the_store_keys_and_where_the_result_went(config: Path, 
 
     shown = nstd("--config", str(config), "jobs", "show", str(nst.id)).stdout
     assert f"inputs        jobs/{nst.id}/content.jpg, jobs/{nst.id}/style-1.jpg" in shown
-    assert "NST, 1 style image" in shown and "result        (none)" in shown
+    assert "Multi-style NST (1 style image)" in shown and "result        (none)" in shown
 
     missing = nstd("--config", str(config), "jobs", "show", "999")
     assert (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from checkpoints import random_image
+from engine_stubs import record_engine_runs
 from PIL import Image
 
 NSTD = str(Path(sys.executable).parent / "nstd")
@@ -304,17 +305,13 @@ def test_a_large_photo_decodes_no_larger_than_the_engine_needs(
         assert image.size == (64, 48)
 
     decoded_sizes.clear()
-    nst_calls: list[tuple[object, ...]] = []
-
-    def recording_nst(*args: object) -> tuple[Image.Image, str]:
-        nst_calls.append(args)
-        return Image.new("RGB", (1, 1)), "cpu"
-
-    monkeypatch.setattr(stylize, "_nst", recording_nst)
+    nst_calls = record_engine_runs(monkeypatch, "nst")
     stylize.run(settings, content, output, style=None, style_images=[style], max_side=200, **options)
     # Fitted within 200 the content is 200 × 150; the style goes to that area, 173 × 173.
     assert decoded_sizes == [(800, 600), (800, 800)]
-    assert nst_calls[0][5] == 200  # max_side: the engine runs at the side the decode was sized for
+    assert (
+        nst_calls[0]["options"].max_side == 200
+    )  # max_side: the engine runs at the side the decode was sized for
 
 
 @pytest.mark.parametrize(
@@ -337,15 +334,12 @@ def test_the_presets_own_size_applies_within_nst_max_side(
     from nst_daemon.config import load_settings
 
     settings = load_settings(config, environ={"NSTD_NST__MAX_SIDE": str(cap)})
-    calls: list[tuple[object, ...]] = []
-    monkeypatch.setattr(
-        stylize, "_nst", lambda *args: calls.append(args) or (Image.new("RGB", (1, 1)), "cpu")
-    )
+    calls = record_engine_runs(monkeypatch, "nst")
     stylize.run(
         settings, photo, tmp_path / "out.jpg", style=None, style_images=[photo], preset=preset,
         max_side=max_side, device=None, preserve_colors=False, console=Console(quiet=True),
     )  # fmt: skip
-    assert calls[0][4:6] == (preset, expected)
+    assert (calls[0]["options"].preset, calls[0]["options"].max_side) == (preset, expected)
 
 
 def test_nst_progress_shows_the_estimated_time_left() -> None:

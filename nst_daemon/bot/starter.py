@@ -23,6 +23,7 @@ from nst_daemon.bot.user_settings import UserPrefs
 from nst_daemon.errors import describe_failure
 from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, UserBusy
+from nst_daemon.style_catalog import job_label
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,7 @@ class JobStarter:
             )
             return Outcome(problem="rate")
         style_refs = style_refs or []
-        label = (
-            texts.style_name(style or "")
-            if engine == "cyclegan"
-            else f"{texts.NST_NAME} ({len(style_refs)} style image{texts.plural(len(style_refs))})"
-        )
+        label = job_label(engine, [style] if style else [], len(style_refs), self.queue.settings)
         ticket = current_ticket.get()
         key = ticket.key(content.file_id) if ticket else None
         if ticket and key and ticket.update.replay:
@@ -116,7 +113,7 @@ class JobStarter:
                 owner=str(user_id),
                 engine=engine,
                 content=content_bytes,
-                styles=[style] if engine == "cyclegan" and style else [],
+                styles=[style] if style else [],
                 style_images=style_bytes,
                 params=prefs.params(),
                 reply={

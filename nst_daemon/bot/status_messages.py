@@ -44,10 +44,7 @@ MIN_ELAPSED_FOR_ETA_S = 3.0
 
 
 def job_label(job: Job) -> str:
-    if job.engine == "cyclegan":
-        return texts.style_name(job.styles[0]) if job.styles else "Style"
-    count = max(1, len(job.input_keys) - 1)
-    return f"{texts.NST_NAME} ({count} style image{texts.plural(count)})"
+    return job.style_label
 
 
 def job_seconds(job: Job) -> float | None:

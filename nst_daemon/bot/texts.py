@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon import style_catalog
+from nst_daemon.config import Settings
 from nst_daemon.style_names import normalize_style as normalize_style  # the routers read it here
 from nst_daemon.wording import plural as plural  # the routers read it here, beside the sentences
 
-STYLE_NAMES = {
-    "monet": "Monet",
-    "cezanne": "Cézanne",
-    "ukiyoe": "Ukiyo-e",
-    "vangogh": "Van Gogh",
-    "summer2winter": "Summer → Winter",
-    "winter2summer": "Winter → Summer",
-}
-STYLE_LINES = {
-    "monet": "soft light and broken brushwork, after Claude Monet's paintings",
-    "cezanne": "solid blocks of colour and firm outlines, after Paul Cézanne",
-    "ukiyoe": "flat colours and bold lines of Japanese woodblock prints",
-    "vangogh": "swirling strokes and strong colour, after Vincent van Gogh",
-    "summer2winter": "turns a summer landscape wintry (trained on Yosemite photos)",
-    "winter2summer": "turns a winter landscape summery (trained on Yosemite photos)",
-}
 NST_NAME = "Multi-style NST"
 NST_LINE = "your own style images (one or more) painted onto your photo; slower, see /nst"
 PRESETS = ("fast", "balanced", "best")
@@ -38,12 +23,15 @@ COMMANDS = {
 }
 
 
-def style_name(style: str) -> str:
-    return STYLE_NAMES.get(style, style)
+# The pretrained styles, their names and lines are the catalog's (style_catalog.py; models/catalog.toml).
 
 
-def styles_inline() -> str:
-    return ", ".join(CYCLEGAN_STYLES)
+def style_name(style: str, settings: Settings | None = None) -> str:
+    return style_catalog.style_label(style, settings)
+
+
+def styles_inline(settings: Settings | None = None) -> str:
+    return ", ".join(style_catalog.style_keys(settings))
 
 
 def welcome(default_style: str) -> str:
@@ -80,8 +68,9 @@ def help_text(default_style: str) -> str:
     )
 
 
-def styles_text() -> str:
-    lines = [f"• {style} ({style_name(style)}): {STYLE_LINES[style]}" for style in CYCLEGAN_STYLES]
+def styles_text(settings: Settings | None = None) -> str:
+    styles = style_catalog.pretrained_styles(settings).values()
+    lines = [f"• {style.key} ({style.label}): {style.description}" for style in styles]
     lines.append(f"• /nst ({NST_NAME}): {NST_LINE}")
     return "Styles (put the name in a photo's caption, or use the buttons):\n\n" + "\n".join(lines)
 

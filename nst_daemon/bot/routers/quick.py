@@ -22,7 +22,7 @@ from nst_daemon.bot.context import Services
 from nst_daemon.bot.images import ImageRef, InputProblem, image_ref
 from nst_daemon.bot.routers.nst_flow import begin_with_content
 from nst_daemon.bot.states import Nst, Quick
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.style_catalog import engine_for_style, style_keys
 
 IMAGE = F.photo | F.document
 NST_CAPTIONS = ("nst", "multistylenst", "multistyle")
@@ -34,7 +34,7 @@ async def submit(message: Message, bot: Bot, services: Services, style: str, ref
         bot,
         user_id=message.from_user.id,
         chat_id=message.chat.id,
-        engine="cyclegan",
+        engine=engine_for_style(style, services.settings) or "cyclegan",
         style=style,
         content=ref,
         reply_to=message.message_id,
@@ -74,7 +74,7 @@ async def photo(
             await submit(message, bot, services, data["album_style"], ref)
             return
         if current == Quick.choosing_style.state:
-            await _add_to_question(message, state, bot, data, ref)
+            await _add_to_question(message, state, bot, data, ref, services)
             return
 
     style: str | None = None
@@ -83,16 +83,18 @@ async def photo(
         if style in NST_CAPTIONS:
             await begin_with_content(message, state, ref)
             return
-        if style not in CYCLEGAN_STYLES:
+        if style not in style_keys(services.settings):
             shown = message.caption.strip()[:40]
             if group:
                 await state.set_state(None)
                 await state.set_data({"album_group": group, "album_skip": True})
-            await message.answer(texts.UNKNOWN_STYLE.format(style=shown, styles=texts.styles_inline()))
+            await message.answer(
+                texts.UNKNOWN_STYLE.format(style=shown, styles=texts.styles_inline(services.settings))
+            )
             return
     elif current == Quick.waiting_photo.state:
         style = data.get("style")
-    elif services.settings.default_style in CYCLEGAN_STYLES:
+    elif services.settings.default_style in style_keys(services.settings):
         # A named style as the default serves the folder and the CLI; the bot does not run named styles
         # yet, so it asks with buttons rather than failing the job.
         style = services.settings.default_style
@@ -100,7 +102,9 @@ async def photo(
     if style is None:
         await state.set_state(Quick.choosing_style)
         await state.set_data({"photos": [ref.to_dict()], "album_group": group})
-        ask = await message.answer(texts.CHOOSE_STYLE, reply_markup=keyboards.styles_keyboard())
+        ask = await message.answer(
+            texts.CHOOSE_STYLE, reply_markup=keyboards.styles_keyboard(services.settings)
+        )
         await state.update_data(ask_id=ask.message_id)
         return
     await _remember_album(state, group, style, known=(current, data))
@@ -108,7 +112,7 @@ async def photo(
 
 
 async def _add_to_question(
-    message: Message, state: FSMContext, bot: Bot, data: dict[str, Any], ref: ImageRef
+    message: Message, state: FSMContext, bot: Bot, data: dict[str, Any], ref: ImageRef, services: Services
 ) -> None:
     photos = [*data.get("photos", []), ref.to_dict()]
     await state.update_data(photos=photos)
@@ -119,7 +123,7 @@ async def _add_to_question(
                 text=texts.CHOOSE_STYLE_ALBUM.format(count=len(photos)),
                 chat_id=message.chat.id,
                 message_id=int(data["ask_id"]),
-                reply_markup=keyboards.styles_keyboard(),
+                reply_markup=keyboards.styles_keyboard(services.settings),
             )
 
 
@@ -132,8 +136,8 @@ async def choose_style(
     answer: CallbackAnswer,
 ) -> None:
     style = callback_data.style
-    if style != keyboards.NST and style not in CYCLEGAN_STYLES:
-        await answer(texts.UNKNOWN_STYLE.format(style=style, styles=texts.styles_inline()))
+    if style != keyboards.NST and style not in style_keys(services.settings):
+        await answer(texts.UNKNOWN_STYLE.format(style=style, styles=texts.styles_inline(services.settings)))
         return
     await answer()
     message = query.message if isinstance(query.message, Message) else None
@@ -141,7 +145,7 @@ async def choose_style(
     current = await state.get_state()
     data = await state.get_data()
     pending = [ImageRef.from_dict(item) for item in data.get("photos", [])]
-    name = texts.NST_NAME if style == keyboards.NST else texts.style_name(style)
+    name = texts.NST_NAME if style == keyboards.NST else texts.style_name(style, services.settings)
 
     if current == Quick.choosing_style.state and pending:
         if message is not None and message.message_id == data.get("ask_id"):
@@ -157,7 +161,12 @@ async def choose_style(
         # press with the photos still there (intake.py), and the ones already queued are not queued twice.
         for ref in pending:
             await services.starter.start(
-                bot, user_id=query.from_user.id, chat_id=chat_id, engine="cyclegan", style=style, content=ref
+                bot,
+                user_id=query.from_user.id,
+                chat_id=chat_id,
+                engine=engine_for_style(style, services.settings) or "cyclegan",
+                style=style,
+                content=ref,
             )
         await _remember_album(state, data.get("album_group"), style)
         return

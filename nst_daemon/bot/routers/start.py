@@ -9,7 +9,7 @@ from aiogram.types import Message
 
 from nst_daemon.bot import keyboards, texts
 from nst_daemon.bot.context import Services
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.style_catalog import style_keys
 
 
 async def start(message: Message, state: FSMContext, services: Services) -> None:
@@ -18,7 +18,9 @@ async def start(message: Message, state: FSMContext, services: Services) -> None
         what = texts.FLOW_NAMES.get(current, "a conversation")
         await message.answer(texts.ALREADY_IN_FLOW.format(what=what))
         return
-    await message.answer(texts.welcome(_bot_default(services)), reply_markup=keyboards.styles_keyboard())
+    await message.answer(
+        texts.welcome(_bot_default(services)), reply_markup=keyboards.styles_keyboard(services.settings)
+    )
 
 
 async def help_command(message: Message, services: Services) -> None:
@@ -36,4 +38,4 @@ def router() -> Router:
 def _bot_default(services: Services) -> str:
     """The default style as the bot applies it: a named style serves the folder and the CLI only so far."""
     default = services.settings.default_style
-    return default if default in CYCLEGAN_STYLES else ""
+    return default if default in style_keys(services.settings) else ""

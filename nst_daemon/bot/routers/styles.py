@@ -7,10 +7,12 @@ from aiogram.filters import Command
 from aiogram.types import Message
 
 from nst_daemon.bot import keyboards, texts
+from nst_daemon.bot.context import Services
 
 
-async def styles(message: Message) -> None:
-    await message.answer(texts.styles_text(), reply_markup=keyboards.styles_keyboard())
+async def styles(message: Message, services: Services) -> None:
+    settings = services.settings
+    await message.answer(texts.styles_text(settings), reply_markup=keyboards.styles_keyboard(settings))
 
 
 def router() -> Router:
