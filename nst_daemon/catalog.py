@@ -30,13 +30,12 @@ from rich.table import Table
 from nst_daemon import download
 
 # The catalog file itself (its entries, where it is, how it is read) is catalog_file's; re-exported here.
-from nst_daemon.catalog_file import (
-    CatalogEntry,
-    CatalogError,
-    catalog_path,
-    get_catalog,
-    load_catalog,
-)
+from nst_daemon.catalog_file import CatalogEntry as CatalogEntry
+from nst_daemon.catalog_file import CatalogError as CatalogError
+from nst_daemon.catalog_file import catalog_path as catalog_path
+from nst_daemon.catalog_file import default_catalog_path as default_catalog_path
+from nst_daemon.catalog_file import get_catalog as get_catalog
+from nst_daemon.catalog_file import load_catalog as load_catalog
 from nst_daemon.config import Settings
 from nst_daemon.engines import registry
 from nst_daemon.errors import NstdError, describe_failure

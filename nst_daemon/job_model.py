@@ -6,18 +6,32 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
 
 from nst_daemon import imaging
+from nst_daemon.engines import registry
 from nst_daemon.errors import NstdError
 from nst_daemon.wording import plural
 
 SOURCES = ("telegram", "folder", "cli")
-ENGINES = ("nst", "cyclegan", "adain")
+
+
+class _RegisteredEngines:
+    """The engine registry's keys (engines/registry.py), read at each check: a plugin registered after
+    import (a test's, or one named in NSTD_ENGINE_PLUGINS) is a valid job engine too."""
+
+    def __contains__(self, key: object) -> bool:
+        return key in registry.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.keys())
+
+
+ENGINES = _RegisteredEngines()
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
 # A delivery is "sending" from its claim until the source's answer is recorded; see JobQueue._deliver.

@@ -30,11 +30,22 @@ class PretrainedStyle:
 
 _cache: dict[Path, tuple[float, dict[str, CatalogEntry]]] = {}
 _lock = threading.Lock()
+_process_catalog: Path | None = None
 
 
 def current_catalog(settings: Settings | None = None) -> dict[str, CatalogEntry]:
-    """The catalog `settings` names (models.catalog), else the packaged one; re-read when it changes."""
-    path = catalog_path(settings) if settings is not None else default_catalog_path()
+    """The catalog `settings` names (models.catalog); re-read when it changes.
+
+    Without `settings`, the catalog this process was last asked for with settings, else the packaged
+    one: a process runs one config, and a label deep in the bot (a job's "Van Gogh") has no settings at
+    hand."""
+    global _process_catalog
+    if settings is not None:
+        path = _process_catalog = catalog_path(settings)
+    elif _process_catalog is not None and _process_catalog.is_file():
+        path = _process_catalog
+    else:
+        path = default_catalog_path()
     mtime = path.stat().st_mtime
     with _lock:
         cached = _cache.get(path)
