@@ -25,10 +25,10 @@ class _RegisteredEngines:
     import (a test's, or one named in NSTD_ENGINE_PLUGINS) is a valid job engine too."""
 
     def __contains__(self, key: object) -> bool:
-        return key in registry.keys()
+        return key in registry.engine_keys()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(registry.keys())
+        return iter(registry.engine_keys())
 
 
 ENGINES = _RegisteredEngines()

@@ -40,7 +40,7 @@ EngineProgress = Callable[..., None]
 
 class UnknownEngine(NstdError):
     def __init__(self, key: str) -> None:
-        super().__init__(f"unknown engine {key!r}; this nstd has: {', '.join(keys())}")
+        super().__init__(f"unknown engine {key!r}; this nstd has: {', '.join(engine_keys())}")
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def plugins() -> list[EnginePlugin]:
     return list(_plugins.values())
 
 
-def keys() -> list[str]:
+def engine_keys() -> list[str]:
     return [plugin.key for plugin in plugins()]
 
 
@@ -237,10 +237,10 @@ __all__ = [
     "EngineProgress",
     "ModelKind",
     "UnknownEngine",
+    "engine_keys",
     "engine_of_kind",
     "get",
     "image_engines",
-    "keys",
     "model_kind",
     "plugins",
     "register",
