@@ -580,12 +580,10 @@ def _checkpoint_file(record: InstalledModel) -> str | None:
 
 
 def _check_onnx_loads(path: Path) -> str | None:
-    import onnxruntime as ort
+    from nst_daemon.engines.ort_session import check_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
     try:
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        check_session(path, log_severity=4)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"{path.name} does not load in ONNX Runtime: {first_line}"

@@ -124,3 +124,21 @@ def open_session(onnx_path: Path, device: str, device_id: int = 0, cpu_threads: 
     else:
         log.info("%s runs on %s", onnx_path.name, actual)
     return session
+
+
+def check_session(model: Path, *, log_severity: int = 3) -> InferenceSession:
+    """A plain CPU session for a check: an export's parity with PyTorch, `nstd models verify`. ONNX Runtime's
+    own error propagates (the caller words it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = log_severity
+    return ort.InferenceSession(str(model), options, providers=provider_list("cpu"))
+
+
+def probe_session(model: bytes) -> InferenceSession:
+    """`nstd doctor`'s probe: the providers a `cuda` engine would ask for, with the same options, so its
+    answer (which provider loads, and why not) is the engines'. ONNX Runtime's error propagates."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, providers=provider_list("cuda"))
