@@ -18,9 +18,8 @@ from checkpoints import (
     save_checkpoint,
 )
 
-from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
+from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError, cyclegan_export
 from nst_daemon.engines import cyclegan as cg
-from nst_daemon.engines import cyclegan_export
 from nst_daemon.engines.cores import physical_cores
 from nst_daemon.engines.cyclegan import (
     CycleGANEngine,
