@@ -165,7 +165,7 @@ def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Pa
     header = [cell.strip() for cell in result.stdout.split("┃", 1)[1].split("\n", 1)[0].split("┃")[:-1]]
     assert header == ["id", "from", "style", "state", "delivery", "created", "error"]
     assert table_rows(result.stdout) == [
-        ["3", "telegram42", "NST,2styleimages", "cancelled", "pending", "2mago", ""],
+        ["3", "telegram42", "Multi-styleNST(2styleimages)", "cancelled", "pending", "2mago", ""],
         ["2", "foldervangogh/holiday-photo.jpg", "vangogh", "failed", "delivered", "2mago",
          "thecontentimage:thisimageisdamagedorincomplete"],
         ["1", "telegram123456789", "monet", "running40%", "pending", "2mago", ""],
