@@ -35,6 +35,7 @@ class CycleGANPlugin(EnginePlugin):
     description = "pretrained painters and seasons: one fast pass, no style images"
     model_kinds = (ModelKind("cyclegan", validate=_validate, export=_export),)
     pretrained_styles = True
+    cancel_stops_run = False
 
     def create(self, paths: list[Path], settings: Settings, device: str | None) -> CycleGANEngine:
         from nst_daemon.engines.cyclegan import CycleGANEngine

@@ -88,6 +88,9 @@ class EnginePlugin:
     pretrained_styles: ClassVar[bool] = False
     # False: the pipeline blends the result with the content for a `strength` below 1 (pipeline.py).
     native_strength: ClassVar[bool] = False
+    # False: a cancel cannot stop a run under way (one ONNX Runtime call): the engine process is ended
+    # at once rather than waited for (engine_process.py).
+    cancel_stops_run: ClassVar[bool] = True
     reports_steps: ClassVar[bool] = False  # True: progress comes with `detail=` and `step=` (a CLI bar)
     default_max_side: ClassVar[int] = 512  # for a plugin without a settings section of its own
 
