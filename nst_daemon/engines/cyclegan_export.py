@@ -8,21 +8,22 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from nst_daemon.engines import ConversionError
-from nst_daemon.engines.cyclegan import (
-    EXPORT_CHECK_SIZES,
-    EXPORT_CHECK_TOLERANCE,
-    OPSET,
-    ResnetGenerator,
-    load_generator,
-)
 from nst_daemon.engines.ort_session import check_session, staging_file
 
+if TYPE_CHECKING:
+    from nst_daemon.engines.cyclegan import ResnetGenerator
+
 log = logging.getLogger(__name__)
+
+EXPORT_CHECK_TOLERANCE = 1e-4
+EXPORT_CHECK_SIZES = ((68, 84), (64, 48))  # (H, W): an odd multiple of 4 and a non-square one
+OPSET = 18
 
 
 def _export(generator: ResnetGenerator, path: Path, *, dynamo: bool) -> None:
@@ -87,6 +88,8 @@ def export_onnx(checkpoint: Path, onnx_path: Path, *, dynamo: bool | None = None
     Returns the max abs difference against torch; ConversionError when it exceeds 1e-4 or export fails.
     """
     checkpoint = Path(checkpoint)
+    from nst_daemon.engines.cyclegan import load_generator  # cyclegan.py re-exports this module
+
     generator = load_generator(checkpoint)
     onnx_path = Path(onnx_path)
     tmp = staging_file(onnx_path)
