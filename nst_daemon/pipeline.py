@@ -132,7 +132,7 @@ def stylize(
         else:
             progress(fraction, preview)
 
-    output = plugin.run(model, content, styles, options, forward, cancel)
+    output = plugin.run(model, registry.EngineInput(content, styles, options, forward, cancel))
     image = output.image
     if strength is not None and not plugin.native_strength:
         image = blend_with_content(content, image, float(strength))

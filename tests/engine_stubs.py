@@ -131,8 +131,8 @@ def record_engine_runs(monkeypatch: Any, key: str = "nst") -> list[dict[str, Any
     plugin = registry.get(key)
     calls: list[dict[str, Any]] = []
 
-    def run(model: Any, content: Any, styles: Any, options: dict[str, Any], *rest: Any) -> EngineOutput:
-        calls.append(options)
+    def run(model: Any, given: Any) -> EngineOutput:
+        calls.append(given.options)
         return EngineOutput(Image.new("RGB", (1, 1)), {}, "cpu")
 
     monkeypatch.setattr(plugin, "create", lambda paths, settings, device: _IdleModel())

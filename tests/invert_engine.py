@@ -6,13 +6,12 @@ with `registry.register`; a daemon in a subprocess imports it through NSTD_ENGIN
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
-from nst_daemon.engines.registry import EngineOutput, EnginePlugin, EngineProgress, ModelKind, register
+from nst_daemon.engines.registry import EngineInput, EngineOutput, EnginePlugin, ModelKind, register
 
 CATALOG_ENTRY = """
 [[models]]
@@ -51,14 +50,6 @@ class InvertPlugin(EnginePlugin):
     def create(self, paths: list[Path], settings: Any, device: str | None) -> InvertModel:
         return InvertModel(paths[0])
 
-    def run(
-        self,
-        model: InvertModel,
-        content: Image.Image,
-        styles: list[Image.Image],
-        options: dict[str, Any],
-        progress: EngineProgress,
-        cancel: threading.Event | None,
-    ) -> EngineOutput:
-        progress(0.5)
-        return EngineOutput(ImageOps.invert(content.convert("RGB")), {"device": "cpu"}, "cpu")
+    def run(self, model: InvertModel, given: EngineInput) -> EngineOutput:
+        given.progress(0.5)
+        return EngineOutput(ImageOps.invert(given.content.convert("RGB")), {"device": "cpu"}, "cpu")

@@ -3,15 +3,12 @@ encoder and the decoder, each run as an ONNX graph). The engine is `adain.py`; i
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nst_daemon.engines.registry import EngineOutput, EnginePlugin, EngineProgress, ModelKind, register
+from nst_daemon.engines.registry import EngineInput, EngineOutput, EnginePlugin, ModelKind, register
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from nst_daemon.config import Settings
     from nst_daemon.engines.adain import AdaINEngine
 
@@ -53,16 +50,9 @@ class AdaINPlugin(EnginePlugin):
         section = settings.adain
         return AdaINEngine(*paths, device=device or section.device, cpu_threads=section.cpu_threads)
 
-    def run(
-        self,
-        model: AdaINEngine,
-        content: Image.Image,
-        styles: list[Image.Image],
-        options: dict[str, Any],
-        progress: EngineProgress,
-        cancel: threading.Event | None,
-    ) -> EngineOutput:
-        progress(0.05)
-        image = model.stylize(content, styles, cancel=cancel, **options)
+    def run(self, model: AdaINEngine, given: EngineInput) -> EngineOutput:
+        given.progress(0.05)
+        options = given.options
+        image = model.stylize(given.content, given.styles, cancel=given.cancel, **options)
         report = {"device": model.provider, "strength": options["strength"], "max_side": options["max_side"]}
         return EngineOutput(image, report, model.provider)

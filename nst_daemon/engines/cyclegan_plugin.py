@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nst_daemon.engines.registry import EngineOutput, EnginePlugin, EngineProgress, ModelKind, register
+from nst_daemon.engines.registry import EngineInput, EngineOutput, EnginePlugin, ModelKind, register
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from nst_daemon.config import Settings
     from nst_daemon.engines.cyclegan import CycleGANEngine
 
@@ -43,16 +40,9 @@ class CycleGANPlugin(EnginePlugin):
         section = settings.cyclegan
         return CycleGANEngine(paths[0], device=device or section.device, cpu_threads=section.cpu_threads)
 
-    def run(
-        self,
-        model: CycleGANEngine,
-        content: Image.Image,
-        styles: list[Image.Image],
-        options: dict[str, Any],
-        progress: EngineProgress,
-        cancel: threading.Event | None,
-    ) -> EngineOutput:
+    def run(self, model: CycleGANEngine, given: EngineInput) -> EngineOutput:
         # The engine reports estimates while its one ONNX Runtime call runs; the pipeline reports the end.
-        image = model.stylize(content, max_side=options["max_side"], cancel=cancel, progress=progress)
-        report = {"device": model.provider, "max_side": options["max_side"]}
+        side = given.options["max_side"]
+        image = model.stylize(given.content, max_side=side, cancel=given.cancel, progress=given.progress)
+        report = {"device": model.provider, "max_side": side}
         return EngineOutput(image, report, model.provider)

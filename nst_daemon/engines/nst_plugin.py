@@ -4,16 +4,13 @@ their own working size (presets.py)."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nst_daemon.engines.presets import working_side
-from nst_daemon.engines.registry import EngineOutput, EnginePlugin, EngineProgress, ModelKind, register
+from nst_daemon.engines.registry import EngineInput, EngineOutput, EnginePlugin, ModelKind, register
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from nst_daemon.config import Settings
     from nst_daemon.engines.nst import NSTEngine
 
@@ -58,25 +55,22 @@ class NSTPlugin(EnginePlugin):
 
         return NSTEngine(paths[0], device=device or settings.nst.device, cpu_threads=settings.nst.cpu_threads)
 
-    def run(
-        self,
-        model: NSTEngine,
-        content: Image.Image,
-        styles: list[Image.Image],
-        options: dict[str, Any],
-        progress: EngineProgress,
-        cancel: threading.Event | None,
-    ) -> EngineOutput:
+    def run(self, model: NSTEngine, given: EngineInput) -> EngineOutput:
         from nst_daemon.engines.nst import NSTProgress
 
         def forward(update: NSTProgress) -> None:
             width, height = update.size
             detail = f"scale {update.scale + 1}/{update.scales} {width}×{height}"
-            progress(update.fraction, update.preview, detail=detail, step=update.step)
+            given.progress(update.fraction, update.preview, detail=detail, step=update.step)
 
-        nst_options = options["options"]
+        nst_options, weights = given.options["options"], given.options["weights"]
         result = model.stylize(
-            content, styles, weights=options["weights"], options=nst_options, progress=forward, cancel=cancel
+            given.content,
+            given.styles,
+            weights=weights,
+            options=nst_options,
+            progress=forward,
+            cancel=given.cancel,
         )
         report = {
             "device": result.device,

@@ -69,6 +69,18 @@ class EngineModel(Protocol):
 
 
 @dataclass
+class EngineInput:
+    """What one run of an engine gets: the decoded images (the content fitted to the working side, the style
+    images scaled to its area), the options `EnginePlugin.options` made, progress and cancel."""
+
+    content: Image.Image
+    styles: list[Image.Image]
+    options: dict[str, Any]
+    progress: EngineProgress
+    cancel: threading.Event | None = None
+
+
+@dataclass
 class EngineOutput:
     image: Image.Image
     report: dict[str, Any]
@@ -132,15 +144,7 @@ class EnginePlugin:
     def create(self, paths: list[Path], settings: Settings, device: str | None) -> EngineModel:
         raise NotImplementedError
 
-    def run(
-        self,
-        model: Any,
-        content: Image.Image,
-        styles: list[Image.Image],
-        options: dict[str, Any],
-        progress: EngineProgress,
-        cancel: threading.Event | None,
-    ) -> EngineOutput:
+    def run(self, model: Any, given: EngineInput) -> EngineOutput:
         raise NotImplementedError
 
     def job_label(self, styles: list[str], style_images: int, style_label: str | None = None) -> str:
@@ -234,6 +238,7 @@ def styles_of(catalog: dict[str, Any], plugin: EnginePlugin | None = None) -> li
 __all__ = [
     "BUILTIN_MODULES",
     "PLUGINS_ENV",
+    "EngineInput",
     "EngineModel",
     "EngineOutput",
     "EnginePlugin",
