@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from checkpoints import random_image
 from engine_stubs import record_engine_runs
@@ -428,3 +429,18 @@ def test_without_hard_links_the_output_is_still_never_replaced(
         write_output(output, b"second")
     assert output.read_bytes() == b"first"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jpg"]  # no temporary file left
+
+
+def test_strength_blends_a_pretrained_style_with_the_content(config: Path, tmp_path: Path) -> None:
+    """CycleGAN has no strength of its own: the pipeline blends its result with the content in CIELAB."""
+    from nst_daemon.strength import blend_with_content
+
+    photo = tmp_path / "photo.png"
+    random_image((64, 48), seed=12).save(photo)  # within cyclegan.max_side 64: no resize on the way
+    full, half = tmp_path / "full.png", tmp_path / "half.png"
+    wrote_line(nstd(config, photo, "-o", full, "--style", "monet"))
+    wrote_line(nstd(config, photo, "-o", half, "--style", "monet", "--strength", "0.5"))
+    with Image.open(photo) as content, Image.open(full) as styled, Image.open(half) as blended:
+        want = blend_with_content(content.convert("RGB"), styled.convert("RGB"), 0.5)
+        assert np.array_equal(np.asarray(blended), np.asarray(want))
+        assert not np.array_equal(np.asarray(blended), np.asarray(styled))
