@@ -19,7 +19,7 @@ from nst_daemon.engines import registry
 from nst_daemon.engines.registry import EngineModel, EnginePlugin
 from nst_daemon.errors import NstdError
 from nst_daemon.job_model import ProgressFn, RunResult
-from nst_daemon.strength import blend_with_content
+from nst_daemon.strength import blend_with_content, check_strength
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -110,8 +110,6 @@ def stylize(
     params = request.params
     strength = params.get("strength")
     if strength is not None:
-        from nst_daemon.strength import check_strength
-
         check_strength(strength)
     max_side = plugin.max_side(settings, params)
     # The inputs first: a bad image should not send the user to pull a model before saying so.
@@ -121,12 +119,14 @@ def stylize(
     names = catalog_models(settings, plugin, request.styles)
     model = models(plugin, names)
     options = plugin.options(settings, params, max_side)
+    reported = [0.0]  # the latest fraction: the end is reported once, by the engine or below
 
     def forward(
         fraction: float, preview: bytes | None = None, *, detail: str | None = None, **more: Any
     ) -> None:
         if on_detail is not None and detail is not None:
             on_detail(detail, **more)
+        reported[0] = fraction
         if preview is None:
             progress(fraction)
         else:
@@ -137,7 +137,8 @@ def stylize(
     if strength is not None and not plugin.native_strength:
         image = blend_with_content(content, image, float(strength))
         output.report["strength"] = float(strength)
-    progress(1.0)
+    if reported[0] < 1.0:
+        progress(1.0)
     report = {"engine": plugin.key, "model": "+".join(names), **output.report, "size": list(image.size)}
     output.image = image
     return RunResult(image, report), output
