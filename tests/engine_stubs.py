@@ -122,17 +122,17 @@ class _IdleModel:
         pass
 
 
-def record_engine_runs(monkeypatch: Any, key: str = "nst") -> list[dict[str, Any]]:
-    """Replace engine `key`'s model and run (the registry's plugin) with a recorder of the options it gets;
-    each run returns a 1×1 image."""
+def record_engine_runs(monkeypatch: Any, key: str = "nst") -> list[Any]:
+    """Replace engine `key`'s model and run (the registry's plugin) with a recorder of what each run gets
+    (its `EngineInput`: images, options); each run returns a 1×1 image."""
     from nst_daemon.engines import registry
     from nst_daemon.engines.registry import EngineOutput
 
     plugin = registry.get(key)
-    calls: list[dict[str, Any]] = []
+    calls: list[Any] = []
 
     def run(model: Any, given: Any) -> EngineOutput:
-        calls.append(given.options)
+        calls.append(given)
         return EngineOutput(Image.new("RGB", (1, 1)), {}, "cpu")
 
     monkeypatch.setattr(plugin, "create", lambda paths, settings, device: _IdleModel())

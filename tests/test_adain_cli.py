@@ -238,7 +238,7 @@ def test_style_weights_reach_nst_too(tmp_path: Path, monkeypatch) -> None:
         max_side=None, device=None, preserve_colors=False, console=Console(quiet=True), engine="nst",
         style_weights=[2.0, 1.0],
     )  # fmt: skip
-    assert calls[0]["weights"] == [2.0, 1.0]
+    assert calls[0].options["weights"] == [2.0, 1.0]
 
 
 def test_an_adain_job_goes_through_the_queue(adain_models: Path, tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Pa
     assert header == ["id", "from", "style", "state", "delivery", "created", "error"]
     assert table_rows(result.stdout) == [
         ["3", "telegram42", "Multi-styleNST(2styleimages)", "cancelled", "pending", "2mago", ""],
-        ["2", "foldervangogh/holiday-photo.jpg", "vangogh", "failed", "delivered", "2mago",
+        ["2", "foldervangogh/holiday-photo.jpg", "VanGogh", "failed", "delivered", "2mago",
          "thecontentimage:thisimageisdamagedorincomplete"],
         ["1", "telegram123456789", "monet", "running40%", "pending", "2mago", ""],
     ]  # fmt: skip

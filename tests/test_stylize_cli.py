@@ -311,7 +311,7 @@ def test_a_large_photo_decodes_no_larger_than_the_engine_needs(
     # Fitted within 200 the content is 200 × 150; the style goes to that area, 173 × 173.
     assert decoded_sizes == [(800, 600), (800, 800)]
     assert (
-        nst_calls[0]["options"].max_side == 200
+        nst_calls[0].options["options"].max_side == 200
     )  # max_side: the engine runs at the side the decode was sized for
 
 
@@ -340,7 +340,8 @@ def test_the_presets_own_size_applies_within_nst_max_side(
         settings, photo, tmp_path / "out.jpg", style=None, style_images=[photo], preset=preset,
         max_side=max_side, device=None, preserve_colors=False, console=Console(quiet=True),
     )  # fmt: skip
-    assert (calls[0]["options"].preset, calls[0]["options"].max_side) == (preset, expected)
+    options = calls[0].options["options"]
+    assert (options.preset, options.max_side) == (preset, expected)
 
 
 def test_nst_progress_shows_the_estimated_time_left() -> None:
