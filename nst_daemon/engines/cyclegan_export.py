@@ -4,7 +4,6 @@ pull/import` runs it once per model). The network and the engine are cyclegan.py
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -14,14 +13,13 @@ import numpy as np
 import torch
 
 from nst_daemon.engines import ConversionError
-from nst_daemon.engines.ort_session import check_session, staging_file
+from nst_daemon.engines.ort_session import check_session, publish_export, staging_file
 
 if TYPE_CHECKING:
     from nst_daemon.engines.cyclegan import ResnetGenerator
 
 log = logging.getLogger(__name__)
 
-EXPORT_CHECK_TOLERANCE = 1e-4
 EXPORT_CHECK_SIZES = ((68, 84), (64, 48))  # (H, W): an odd multiple of 4 and a non-square one
 OPSET = 18
 
@@ -103,20 +101,7 @@ def export_onnx(checkpoint: Path, onnx_path: Path, *, dynamo: bool | None = None
             raise
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime cannot run the export of {checkpoint.name}: {exc}") from exc
-        if not diff < EXPORT_CHECK_TOLERANCE:
-            raise ConversionError(
-                f"ONNX export of {checkpoint.name} differs from PyTorch by {diff:.2e} "
-                f"(limit {EXPORT_CHECK_TOLERANCE:.0e}); not installing it"
-            )
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the model is no secret
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, onnx_path)
-        except OSError as exc:
-            raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
+        publish_export(tmp, onnx_path, diff, checkpoint.name)
         log.info(
             "exported %s -> %s with the %s exporter in %.1f s (check %.1f s, max diff %.1e)",
             checkpoint.name,
