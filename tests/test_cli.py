@@ -168,7 +168,7 @@ def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Pa
         ["3", "telegram42", "Multi-styleNST(2styleimages)", "cancelled", "pending", "2mago", ""],
         ["2", "foldervangogh/holiday-photo.jpg", "VanGogh", "failed", "delivered", "2mago",
          "thecontentimage:thisimageisdamagedorincomplete"],
-        ["1", "telegram123456789", "monet", "running40%", "pending", "2mago", ""],
+        ["1", "telegram123456789", "Monet", "running40%", "pending", "2mago", ""],
     ]  # fmt: skip
     # The short columns never wrap: each value sits on its row's first line.
     first_lines = [line for line in result.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
