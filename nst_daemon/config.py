@@ -22,7 +22,6 @@ from nst_daemon.style_names import normalize_style
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "NSTD_"
-CYCLEGAN_STYLES = ("monet", "cezanne", "ukiyoe", "vangogh", "summer2winter", "winter2summer")
 Device = Literal["auto", "cpu", "cuda"]
 Preset = Literal["fast", "balanced", "best"]
 
@@ -66,7 +65,11 @@ def _known_style(value: str) -> str:
     # A named style (`nstd styles add`) may be the default too: it lives in the database, so the watched
     # folder and the bot check it when they use it. Only the reserved folder names are wrong here.
     if value in ("default", "nst", "instant"):
-        raise ValueError(f"expected one of {', '.join(CYCLEGAN_STYLES)}, a named style, or empty")
+        from nst_daemon.style_catalog import (
+            style_keys,
+        )  # the packaged catalog's: models.catalog is not read yet
+
+        raise ValueError(f"expected one of {', '.join(style_keys())}, a named style, or empty")
     return value
 
 

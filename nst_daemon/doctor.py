@@ -5,76 +5,49 @@ is 1 when any check is an error. A config error stops only the checks that need 
 and library checks still run. The bot token never appears in the output: every line is scrubbed of it.
 
 Probes live in `nst_daemon.gpu` (nvidia-smi through PATH, torch and onnxruntime facts) and in the small
-functions here (`telegram_get_me`, `systemd_state`), so tests can replace each one.
+functions of doctor_telegram (`telegram_get_me`) and here (`systemd_state`), so tests can replace each one.
+The GPU rows are doctor_gpu's, the Telegram rows doctor_telegram's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import pwd
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nst_daemon import gpu
 from nst_daemon.config import ConfigError, Settings, load_settings, mask_token
 from nst_daemon.errors import NstdError
 from nst_daemon.logs import redactor
-from nst_daemon.wording import plural
 
 log = logging.getLogger(__name__)
-Status = Literal["ok", "warning", "error"]
+
+# A check's row (doctor_check) and the GPU, driver, PyTorch and ONNX Runtime checks (doctor_gpu), re-exported.
+from nst_daemon.doctor_check import Check as Check  # noqa: E402
+from nst_daemon.doctor_check import Status as Status  # noqa: E402
+from nst_daemon.doctor_check import error, ok, warning  # noqa: E402
+from nst_daemon.doctor_gpu import CPU_NST_COST_S as CPU_NST_COST_S  # noqa: E402
+from nst_daemon.doctor_gpu import check_cpu_nst as check_cpu_nst  # noqa: E402
+from nst_daemon.doctor_gpu import check_gpu_stack as check_gpu_stack  # noqa: E402
+from nst_daemon.doctor_gpu import check_onnxruntime as check_onnxruntime  # noqa: E402
+from nst_daemon.doctor_gpu import check_torch as check_torch  # noqa: E402
+from nst_daemon.doctor_telegram import check_token, check_users  # noqa: E402
+from nst_daemon.doctor_telegram import telegram_get_me as telegram_get_me  # noqa: E402
 
 SERVICE_USER = "nstd"  # the system user of systemd/nstd.service
 SERVICE_NAME = "nstd.service"
-LOW_VRAM_MIB = 1536  # Gatys NST at 512 px needs about this much on a 4 GB card
 LOW_DISK_BYTES = 2 * 1024**3
-GET_ME_TIMEOUT_S = 10.0
-# CPU seconds of one multi-style NST photo with `nstd stylize --device cpu` on one thread (random-init VGG19:
-# the same compute as the real weights; a 1200 x 900 photo), at each preset's own size: one core's time.
-# Two quiet cores take about 3/4 of it. fast, balanced and best at 512 px were measured (README, "NST on a
-# CPU-only machine"); best at 768 px is best at 512 scaled by its pixel-steps (2.25x).
-CPU_NST_COST_S: dict[str, tuple[int, float]] = {
-    "fast": (256, 17.0),
-    "balanced": (512, 431.0),
-    "best": (768, 1600.0),
-}
-CPU_NST_MEASURED_ON = "on one core; 2 quiet cores take about 3/4 of it, a busy machine longer"
-BOTFATHER_FIX = (
-    "get the current token from @BotFather (/mybots, choose the bot, API Token) and put it in {where}"
-)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
-def ok(name: str, detail: str) -> Check:
-    return Check(name, "ok", detail)
-
-
-def warning(name: str, detail: str, fix: str) -> Check:
-    return Check(name, "warning", detail, fix)
-
-
-def error(name: str, detail: str, fix: str) -> Check:
-    return Check(name, "error", detail, fix)
 
 
 # --- entry point ---
@@ -138,381 +111,6 @@ def guarded(name: str, probe: Callable[[], Any], extra: tuple = (), as_list: boo
         if as_list:
             return [row]
         return (row, *extra) if extra else row
-
-
-# --- Telegram ---
-
-
-def token_source(settings: Settings) -> str:
-    if settings.telegram.token is not None and settings.telegram.token.get_secret_value():
-        return "telegram.token"
-    if settings.telegram.token_file is not None:
-        return f"the token file {settings.telegram.token_file}"
-    return "telegram.token_file (or NSTD_TELEGRAM__TOKEN)"
-
-
-def check_token(settings: Settings) -> tuple[Check, str | None]:
-    where = token_source(settings)
-    try:
-        token = settings.telegram_token()
-    except ConfigError as exc:
-        token_file = str(settings.telegram.token_file or "")
-        if "CREDENTIALS_DIRECTORY" in token_file and not os.environ.get("CREDENTIALS_DIRECTORY"):
-            # ${CREDENTIALS_DIRECTORY} exists only inside the service (LoadCredential=).
-            return (
-                warning(
-                    "telegram token",
-                    f"{token_file} exists only inside the service",
-                    "check the token by hand with `sudo CREDENTIALS_DIRECTORY=/etc/nstd nstd doctor`",
-                ),
-                None,
-            )
-        return error(
-            "telegram token", exc.message, f"create the file, or {BOTFATHER_FIX.format(where=where)}"
-        ), None
-    if not token:
-        return (
-            warning(
-                "telegram token",
-                "no token: the Telegram bot is off (watched folder and command line only)",
-                "create a bot with @BotFather (/newbot) and put its token in telegram.token_file "
-                "or NSTD_TELEGRAM__TOKEN",
-            ),
-            None,
-        )
-    masked = mask_token(token)
-    status, info = telegram_get_me(settings.telegram.api_base, token)
-    if status == 200 and isinstance(info, dict):
-        username = info.get("username") or info.get("first_name") or "?"
-        return ok("telegram token", f"{masked} is @{username} (getMe succeeded)"), token
-    if status in (401, 404):
-        # The Bot API answers 401 for a revoked or mistyped token and 404 for one it cannot parse.
-        return (
-            error(
-                "telegram token",
-                f"Telegram refused the token ({status} {'Unauthorized' if status == 401 else 'Not Found'}): "
-                f"{masked}",
-                BOTFATHER_FIX.format(where=where),
-            ),
-            token,
-        )
-    if status is None:
-        return (
-            warning(
-                "telegram token",
-                f"{masked}: cannot reach {settings.telegram.api_base}: {info}",
-                "check the network, DNS and firewall (the bot needs outbound HTTPS), or telegram.api_base",
-            ),
-            token,
-        )
-    return (
-        error(
-            "telegram token",
-            f"{masked}: the Bot API answered HTTP {status}: {info}",
-            "check telegram.api_base; a self-hosted Bot API server must be running and reachable",
-        ),
-        token,
-    )
-
-
-def telegram_get_me(
-    api_base: str, token: str, timeout: float = GET_ME_TIMEOUT_S
-) -> tuple[int | None, object]:
-    """(HTTP status, result dict or description) of getMe; (None, reason) when the server is unreachable.
-
-    The reason never contains the token: aiohttp puts the URL, and so the token, in some exception texts.
-    """
-    import aiohttp
-
-    async def call() -> tuple[int | None, object]:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(f"{api_base}/bot{token}/getMe") as response,
-        ):
-            try:
-                body = await response.json(content_type=None)
-            except ValueError:
-                body = {}
-            if response.status == 200 and isinstance(body, dict) and body.get("ok"):
-                return 200, body.get("result") or {}
-            description = body.get("description") if isinstance(body, dict) else None
-            return response.status, description or response.reason or ""
-
-    try:
-        return asyncio.run(call())
-    except TimeoutError:
-        return None, f"no answer within {timeout:.0f} s"
-    except Exception as exc:  # aiohttp.ClientError, OSError, or ValueError for a malformed URL
-        reason = str(exc) or type(exc).__name__
-        return None, reason.replace(token, mask_token(token))
-
-
-def check_users(settings: Settings, bot_enabled: bool) -> Check:
-    configured = list(settings.telegram.allowed_users)
-    try:
-        from_db = database_user_count(settings.db_path)
-    except sqlite3.Error as exc:
-        return warning(
-            "allowed users",
-            f"cannot read users from {settings.db_path}: {exc}",
-            "check the database file's owner and permissions",
-        )
-    total = len(configured) + from_db
-    if total:
-        return ok(
-            "allowed users", f"{len(configured)} in telegram.allowed_users, {from_db} added with nstd users"
-        )
-    detail = "no allowed users: nobody can use the bot"
-    if not bot_enabled:
-        return ok("allowed users", f"{detail} (the bot is off)")
-    return warning(
-        "allowed users",
-        detail,
-        "run `nstd users add ID` (as the service user: `sudo -u nstd nstd users add ID`) "
-        "or list ids in telegram.allowed_users",
-    )
-
-
-def database_user_count(db_path: Path) -> int:
-    """Users in the state database, read without creating or migrating anything.
-
-    Doctor often runs as root: opening read-write could leave root-owned journal files the service
-    cannot open. Without a -wal file nothing is pending, so the file can be read as immutable.
-    """
-    if not db_path.is_file():
-        return 0
-    wal = db_path.with_name(db_path.name + "-wal")
-    mode = "ro" if wal.exists() else "ro&immutable=1"
-    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode={mode}", uri=True, timeout=5)
-    try:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "users" not in tables:
-            return 0
-        return int(conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
-    finally:
-        conn.close()
-
-
-# --- GPU, driver, PyTorch, ONNX Runtime ---
-
-
-def check_gpu_stack(settings: Settings | None) -> list[Check]:
-    checks: list[Check] = []
-    torch = gpu.torch_facts()
-    try:
-        gpus = gpu.query_gpus()
-    except gpu.GpuProbeError as exc:
-        checks.append(
-            error(
-                "NVIDIA GPU",
-                str(exc),
-                "the driver is not working: after a driver upgrade reboot; otherwise reinstall the NVIDIA "
-                "driver until `nvidia-smi` works",
-            )
-        )
-        gpus = []
-        smi_failed = True
-    else:
-        smi_failed = False
-    cc: gpu.CC | None = None
-    if gpus:
-        cc = min((g.compute_cap for g in gpus if g.compute_cap), default=None) or (
-            torch.device_caps[0] if torch.device_caps else None
-        )
-        described = "; ".join(
-            f"{g.name}, compute capability {format_cc_or(g.compute_cap, cc)}, "
-            f"{g.memory_total_mib or '?'} MiB, driver {g.driver_version}"
-            for g in gpus
-        )
-        checks.append(ok("NVIDIA GPU", described))
-        if not gpu.uvm_device_present():
-            checks.append(
-                warning(
-                    "CUDA device nodes",
-                    f"{gpu.UVM_DEVICE} is missing (no CUDA program has run as root since boot)",
-                    "`sudo nvidia-modprobe -u -c=0` (the service's ExecStartPre does this at each start)",
-                )
-            )
-    elif torch.device_caps:  # no nvidia-smi on PATH, but torch sees a GPU
-        cc = min(torch.device_caps)
-        checks.append(
-            ok(
-                "NVIDIA GPU",
-                f"{torch.device_names[0]}, compute capability {gpu.format_cc(cc)} (seen by torch)",
-            )
-        )
-    elif not smi_failed and settings is not None and cpu_by_choice(settings):
-        # Both engines are set to the CPU: a missing GPU is what the owner asked for, not a problem.
-        checks.append(ok("NVIDIA GPU", "none found; none needed: nst.device and cyclegan.device are cpu"))
-    elif not smi_failed:
-        checks.append(
-            warning(
-                "NVIDIA GPU",
-                "no NVIDIA GPU found (nvidia-smi is missing or lists none): nstd runs on the CPU, slowly",
-                "install the NVIDIA driver so that `nvidia-smi` works, then run `nstd doctor` again; "
-                "on a machine without one, set nst.device and cyclegan.device to cpu",
-            )
-        )
-    has_gpu = bool(gpus) or bool(torch.device_caps)
-    configured_threads = settings.nst.cpu_threads if settings is not None else 0
-    checks.append(check_torch(torch, cc if has_gpu else None, has_gpu, configured_threads))
-    checks.append(check_onnxruntime(gpu.ort_facts(), cc if has_gpu else None, has_gpu))
-    if gpus and gpus[0].memory_free_mib is not None:
-        checks.append(check_vram(gpus, settings))
-    if settings is not None and (not has_gpu or settings.nst.device == "cpu"):
-        checks.append(check_cpu_nst(settings))
-    return checks
-
-
-def cpu_by_choice(settings: Settings) -> bool:
-    return settings.nst.device == "cpu" and settings.cyclegan.device == "cpu"
-
-
-def check_cpu_nst(settings: Settings) -> Check:
-    """What a multi-style NST photo costs on the CPU at each preset, and the settings that finish."""
-    name = "NST on the CPU"
-    costs = ", ".join(
-        f"{preset} ({side} px) {_duration(seconds)}" for preset, (side, seconds) in CPU_NST_COST_S.items()
-    )
-    detail = (
-        f"one photo takes about {costs} ({CPU_NST_MEASURED_ON}); the CycleGAN styles take seconds; "
-        f"now: nst.preset = {settings.nst.preset}, nst.max_side = {settings.nst.max_side}"
-    )
-    suggestion = (
-        'for a result in minutes set nst.preset = "fast" (and, on a busy machine, nst.cpu_threads to the '
-        "cores nstd may use), or use the CycleGAN styles"
-    )
-    if settings.nst.preset == "best":  # three scales of 300 steps: the one that does not finish in time
-        return warning(name, detail, suggestion)
-    if settings.nst.preset == "balanced":
-        return ok(name, f"{detail}; {suggestion}")
-    return ok(name, detail)
-
-
-def _duration(seconds: float) -> str:
-    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
-
-
-def format_cc_or(cc: gpu.CC | None, fallback: gpu.CC | None) -> str:
-    chosen = cc or fallback
-    return gpu.format_cc(chosen) if chosen else "unknown"
-
-
-def check_torch(
-    facts: gpu.TorchFacts, cc: gpu.CC | None, has_gpu: bool, configured_threads: int = 0
-) -> Check:
-    name = "PyTorch"
-    if facts.version is None:
-        return error(
-            name,
-            f"PyTorch is not importable: {facts.error}",
-            "reinstall the environment: `scripts/bootstrap` (service: `sudo scripts/install-service`)",
-        )
-    if not has_gpu:
-        build = "CPU build" if facts.cpu_build else f"CUDA {facts.cuda} build"
-        count = configured_threads or facts.cpu_threads
-        source = "nst.cpu_threads" if configured_threads else "torch's default; nst.cpu_threads sets it"
-        threads = f"{count} thread{plural(count)} ({source})"
-        return ok(name, f"torch {facts.version} ({build}); no GPU to use, running on the CPU with {threads}")
-    cc_text = gpu.format_cc(cc) if cc else "unknown"
-    if facts.cpu_build:
-        fix = gpu.torch_install_hint(cc, facts.version) if cc else "install a CUDA build of PyTorch"
-        return error(
-            name,
-            f"this PyTorch is a CPU build (torch {facts.version}): the GPU (compute capability {cc_text}) "
-            "goes unused",
-            fix,
-        )
-    if cc is not None:
-        matching = gpu.matching_archs(facts.arch_list, cc)
-        if facts.arch_list and not matching:
-            shown = ", ".join(facts.arch_list)
-            return error(
-                name,
-                f"torch {facts.version} (CUDA {facts.cuda}) has kernels for {shown}, none for this GPU "
-                f"(compute capability {cc_text}, sm_{cc[0]}{cc[1]})",
-                gpu.torch_install_hint(cc, facts.version),
-            )
-    if not facts.cuda_available:
-        return error(
-            name,
-            f"torch {facts.version} (CUDA {facts.cuda}) cannot use the GPU: "
-            "torch.cuda.is_available() is False",
-            "the driver is probably too old for this CUDA: CUDA 12.x builds need driver 525 or newer, "
-            "CUDA 13 builds 580 or newer; update the driver or pick an older build "
-            f"({'NSTD_TORCH_BUILD=cu126 ' if cc and cc < gpu.MODERN_MIN_CC else ''}scripts/bootstrap)",
-        )
-    kernels = ", ".join(gpu.matching_archs(facts.arch_list, cc)) if cc else "?"
-    return ok(
-        name, f"torch {facts.version} (CUDA {facts.cuda}) runs on compute capability {cc_text} ({kernels})"
-    )
-
-
-def ort_fix(cc: gpu.CC | None) -> str:
-    if cc is not None and cc < gpu.MODERN_MIN_CC:
-        return (
-            f"`pip install onnxruntime-gpu=={gpu.ORT_LAST_SM52}` in nstd's venv (it needs CUDA 12 and "
-            "cuDNN 9, which PyTorch's cu126 build brings), or re-run "
-            "`NSTD_TORCH_BUILD=cu126 scripts/bootstrap` "
-            "(service: `sudo NSTD_TORCH_BUILD=cu126 scripts/install-service`)"
-        )
-    return "install an onnxruntime-gpu that matches your CUDA: 1.19-1.26 need CUDA 12, 1.27 and later CUDA 13"
-
-
-def check_onnxruntime(facts: gpu.OrtFacts, cc: gpu.CC | None, has_gpu: bool) -> Check:
-    name = "ONNX Runtime"
-    if facts.version is None:
-        return error(
-            name,
-            f"onnxruntime is not importable: {facts.error}",
-            "reinstall the environment: `scripts/bootstrap` (service: `sudo scripts/install-service`)",
-        )
-    label = f"onnxruntime {facts.version}"
-    if facts.error:
-        return error(name, f"{label}: the probe session failed: {facts.error}", ort_fix(cc))
-    if not has_gpu:
-        return ok(name, f"{label}: CPU provider (no GPU)")
-    if cc is not None and not gpu.ort_supports_cc(facts.version, cc):
-        return error(
-            name,
-            f"{label} has no kernels for compute capability {gpu.format_cc(cc)}; "
-            f"{gpu.ORT_LAST_SM52} is the last release for Maxwell (sm_52)"
-            if cc < (6, 0)
-            else f"{label} needs CUDA 13, which has no kernels below compute capability 7.5",
-            ort_fix(cc),
-        )
-    if not facts.cuda_built:
-        return error(
-            name,
-            f"{label} has no CUDA provider (the CPU-only onnxruntime package?)",
-            "`pip uninstall onnxruntime` and install onnxruntime-gpu; " + ort_fix(cc),
-        )
-    if not facts.cuda_active:
-        reason = f": {facts.load_error}" if facts.load_error else ""
-        return error(
-            name,
-            f"{label}: the CUDA provider did not load{reason}; CycleGAN styles run on the CPU",
-            f"{label} needs {gpu.ort_cuda_requirement(facts.version)} libraries; " + ort_fix(cc),
-        )
-    if facts.run_error:
-        return error(
-            name, f"{label}: the CUDA provider cannot run on this GPU: {facts.run_error}", ort_fix(cc)
-        )
-    return ok(name, f"{label}: CUDA provider active")
-
-
-def check_vram(gpus: list[gpu.GpuInfo], settings: Settings | None) -> Check:
-    card = gpus[0]
-    free, total = card.memory_free_mib or 0, card.memory_total_mib or 0
-    detail = f"{free} MiB free of {total} MiB on {card.name}"
-    if free < LOW_VRAM_MIB:
-        max_side = f" (now {settings.nst.max_side})" if settings else ""
-        return warning(
-            "free VRAM",
-            detail,
-            f"close games and other GPU programs, or lower nst.max_side{max_side} and cyclegan.max_side",
-        )
-    return ok("free VRAM", detail)
 
 
 # --- models, folders, disk ---

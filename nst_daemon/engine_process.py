@@ -22,23 +22,19 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.util  # registers its exit handler now, so that `_kill_children` runs before it
 import os
-import pickle
-import queue
 import signal
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from nst_daemon.config import Settings
+from nst_daemon.engines import registry
 from nst_daemon.errors import Cancelled, NstdError
 from nst_daemon.jobs import Job, ProgressFn, RunResult
 
@@ -52,8 +48,6 @@ REPLY_TIMEOUT_S = 60.0
 # not stopped in this time (a hung driver) is ended with its process. A shutdown does not wait this long:
 # at its deadline the daemon calls `abort`.
 CANCEL_WAIT_S = 30.0
-# prctl(2): the signal the kernel sends this process when its parent dies.
-PR_SET_PDEATHSIG = 1
 
 # Children still running when the interpreter exits. multiprocessing's own exit handler would SIGTERM them,
 # which they ignore (see `serve`), and then wait forever; this handler, registered later, runs first.
@@ -163,7 +157,7 @@ class ProcessRunner:
             self._send(image)
         # A CycleGAN job is one ONNX Runtime call that no cancel interrupts: ending the process is the only
         # way to stop it, so it is not waited for. An NST job checks its cancel at every step.
-        cancel_wait = 0.0 if job.engine == "cyclegan" else CANCEL_WAIT_S
+        cancel_wait = CANCEL_WAIT_S if registry.get(job.engine).cancel_stops_run else 0.0
         cancel_sent: float | None = None
         while True:
             if cancel.is_set():
@@ -339,104 +333,6 @@ def _rebuild(kind: str, message: str, error: BaseException | None, remote_traceb
     return exc
 
 
-# --- the child -------------------------------------------------------------------------------------------
-
-
-def _die_with_parent(parent_pid: int | None) -> None:
-    """Have the kernel SIGKILL this process when the daemon dies, however it dies (kill -9 included).
-
-    Linux sends it when the *thread* that started the child ends: the daemon starts it from the asyncio
-    executor's worker threads, which live as long as the daemon. Should the daemon already be gone before
-    this call, the parent is someone else by now, and the child leaves at once.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def serve(
-    settings: Settings,
-    make_runner: Callable[[Settings], Any],
-    commands: Connection,
-    events: Connection,
-    parent_pid: int | None = None,
-) -> None:
-    """The child's main: runs jobs from `commands` one at a time, reporting on `events`."""
-    _die_with_parent(parent_pid)
-    # Stopping is the parent's decision: systemd's SIGTERM and a terminal's Ctrl-C reach the whole process
-    # group, and a job cut short here would fail instead of finishing within the grace period.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from nst_daemon.logs import setup_logging
-
-    setup_logging(settings.daemon.log_level)
-    runner = make_runner(settings)
-    cancel = threading.Event()
-    work: queue.Queue[tuple[Any, ...]] = queue.Queue()
-
-    def read_commands() -> None:
-        # Its own thread, so a cancel arrives while the main thread is inside an engine.
-        while True:
-            try:
-                message = commands.recv()
-                if message[0] == "run":  # the images follow, one message each
-                    kind, job, count = message
-                    message = (kind, job, [commands.recv_bytes() for _ in range(count)])
-            except (EOFError, OSError):
-                # The daemon is gone (or has let go of this process after killing it). Nobody can take a
-                # result any more, and the main thread may be inside an ONNX Runtime call for a minute:
-                # leave now, so the memory (on a GPU, a second copy of the models) goes with the daemon.
-                os._exit(0)
-            if message[0] in ("cancel", "stop"):
-                cancel.set()
-            if message[0] == "cancel":
-                continue
-            work.put(message)
-            if message[0] == "stop":
-                return
-
-    threading.Thread(target=read_commands, name="commands", daemon=True).start()
-    while True:
-        kind, *payload = work.get()
-        try:
-            if kind == "stop":
-                return
-            if kind == "unload_idle":
-                events.send(("unloaded", runner.unload_idle(payload[0]), runner.loaded))
-            elif kind == "run":
-                cancel.clear()
-                _run(runner, payload, cancel, events)
-        except (BrokenPipeError, EOFError, OSError):
-            return  # the parent is gone
-
-
-def _run(runner: Any, payload: list[Any], cancel: threading.Event, events: Connection) -> None:
-    job, (content, *styles) = payload
-    try:
-        result = runner.run(
-            job, content, styles, lambda part, preview=None: events.send(("progress", part, preview)), cancel
-        )
-    except (BrokenPipeError, EOFError):
-        raise
-    except Cancelled as exc:
-        events.send(("error", "cancelled", exc.message, None, traceback.format_exc()))
-    except NstdError as exc:
-        events.send(("error", "nstd", exc.message, None, traceback.format_exc()))
-    except Exception as exc:  # the parent logs it, with this traceback chained
-        events.send(("error", "bug", f"{type(exc).__name__}: {exc}", _portable(exc), traceback.format_exc()))
-    else:
-        # Encoded here: the JPEG is a tenth of the pixels' size, and its encoder holds this process's GIL,
-        # not the daemon's.
-        events.send(("result", RunResult(None, result.report, jpeg=result.encoded())))
-
-
-def _portable(exc: Exception) -> Exception | None:
-    """`exc` if it survives pickling with its message intact (most built-in errors do), else None."""
-    try:
-        copy = pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return None
-    return copy if type(copy) is type(exc) and str(copy) == str(exc) else None
+# The child's side (serve, and how an exception crosses the pipe) is engine_child's.
+from nst_daemon.engine_child import _portable as _portable  # noqa: E402
+from nst_daemon.engine_child import serve  # noqa: E402

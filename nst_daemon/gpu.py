@@ -292,10 +292,11 @@ def ort_facts(run: bool = True) -> OrtFacts:
         model = _probe_model()
     except Exception as exc:
         return OrtFacts(version=version, available=available, error=f"cannot build the probe model: {exc}")
-    providers = [name for name in ("CUDAExecutionProvider", "CPUExecutionProvider") if name in available]
+    from nst_daemon.engines.ort_session import probe_session
+
     with capture_stderr() as captured:
         try:
-            session = ort.InferenceSession(model, providers=providers or None)
+            session = probe_session(model)
         except Exception as exc:
             session = None
             error = f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,4 @@
-"""Bytes in, a safe sRGB image out; the resize rules; encoding.
+"""Bytes in, a safe sRGB image out; encoding. The resize rules are image_geometry's.
 
 Everything a stranger can send passes through `load_image`, so it refuses early (byte cap, then the pixel
 count read from the header, before any pixel is decoded) and turns every decoder failure into a typed
@@ -13,43 +13,42 @@ import math
 import re
 import stat
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nst_daemon.errors import NstdError
-
-try:
-    from PIL import ImageCms
-except ImportError:  # a Pillow built without littlecms: colours pass through unmanaged
-    ImageCms = None  # type: ignore[assignment]
+from nst_daemon.image_colour import to_srgb as _to_srgb
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 JPEG_QUALITY = 92
-# Pillow's `reducing_gap` for every downscale: a cheap integer-factor box shrink first, as long as this many
-# times the final size is left for Lanczos to finish. From 3 on the result is indistinguishable from plain
-# Lanczos (Pillow's documentation).
-RESIZE_GAP = 3.0
 # The same for a JPEG's reduced decode (libjpeg's DCT scaling), which needs more room: on a zone plate made
 # to alias, leaving 3.1-3.9 times the final size measured 36-46 dB against a plain Lanczos from the full
 # decode, 4.1-4.5 times 47-49 dB, and from 4.55 times on as close as the box shrink (docs/benchmarks.md).
 DECODE_GAP = 4.0
 
-# The size a caller will resize an image to, given the image's size: see `load_image`'s `final_size`.
-SizeRule = Callable[[tuple[int, int]], tuple[int, int]]
+# The resize rules (fit_within, fit_rule, same_area_rule, ...) are image_geometry's, re-exported here.
+from nst_daemon.image_geometry import (  # noqa: E402
+    RESIZE_GAP as RESIZE_GAP,
+)
+from nst_daemon.image_geometry import SizeRule as SizeRule  # noqa: E402
+from nst_daemon.image_geometry import area_size as area_size  # noqa: E402
+from nst_daemon.image_geometry import crop_to as crop_to  # noqa: E402
+from nst_daemon.image_geometry import fit_rule as fit_rule  # noqa: E402
+from nst_daemon.image_geometry import fit_within as fit_within  # noqa: E402
+from nst_daemon.image_geometry import fitted_size as fitted_size  # noqa: E402
+from nst_daemon.image_geometry import reflect_pad_to_multiple as reflect_pad_to_multiple  # noqa: E402
+from nst_daemon.image_geometry import same_area_rule as same_area_rule  # noqa: E402
+from nst_daemon.image_geometry import scale_to_area as scale_to_area  # noqa: E402
 
 # The decoders strangers' files may reach. Pillow knows dozens more (EPS even runs Ghostscript); none of
 # them is worth the attack surface for photos. MPO is how Pillow names many phone JPEGs.
 _ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
-_WHITE = (255, 255, 255)
 _MB = 1024 * 1024
 
 
@@ -389,184 +388,6 @@ def _apply_orientation(image: Image.Image) -> None:
         ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:  # a mangled EXIF block should not cost the user their photo
         log.debug("ignoring unreadable EXIF orientation: %s", exc)
-
-
-# --- colour --------------------------------------------------------------------------------------------
-
-
-def _to_srgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to a new 8-bit RGB image in sRGB, alpha composited onto white."""
-    icc = image.info.get("icc_profile")
-    image = _to_8bit(image)
-    if image.mode in ("RGBa", "La"):  # premultiplied
-        image = image.convert(image.mode.upper())
-    if image.mode == "P":
-        has_alpha = "transparency" in image.info or (image.palette is not None and "A" in image.palette.mode)
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    elif image.mode == "PA":
-        image = image.convert("RGBA")
-    elif image.mode == "1":
-        image = image.convert("L")
-    if "transparency" in image.info and image.mode in ("L", "RGB"):  # a tRNS colour key
-        image = image.convert("LA" if image.mode == "L" else "RGBA")
-
-    alpha = None
-    if image.mode in ("RGBA", "LA"):
-        alpha = image.getchannel("A")
-        image = image.convert(image.mode[:-1])
-    if image.mode not in ("RGB", "L", "CMYK", "LAB"):
-        image = image.convert("RGB")
-
-    rgb = _apply_profile(image, icc)
-    if alpha is not None and alpha.getextrema() != (255, 255):
-        background = Image.new("RGB", rgb.size, _WHITE)
-        background.paste(rgb, mask=alpha)
-        rgb = background
-    return rgb
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale to 8-bit L, scaled rather than clipped."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit range for both: Pillow decodes 16-bit PNG/TIFF to I;16*, and "I" has no range of its own.
-        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
-    if image.mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(values.min()), float(values.max())
-        if low < 0.0 or high > 1.0:  # not normalised: stretch what is there
-            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
-        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
-    return image
-
-
-def _apply_profile(image: Image.Image, icc: bytes | None) -> Image.Image:
-    """Convert RGB/L/CMYK/LAB to sRGB RGB through the embedded profile when there is a usable one."""
-    if ImageCms is not None:
-        try:
-            if icc:
-                source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                # Conversion through an sRGB profile is (nearly) the identity; skip the rounding and time.
-                if image.mode == "RGB" and "sRGB" in (source.profile.profile_description or ""):
-                    return image.convert("RGB")
-                return ImageCms.profileToProfile(image, source, _srgb_profile(), outputMode="RGB")
-            if image.mode == "LAB":
-                return ImageCms.profileToProfile(image, _lab_profile(), _srgb_profile(), outputMode="RGB")
-        except Exception as exc:  # a broken or mismatched profile: fall back to plain conversion
-            log.debug("ignoring unusable ICC profile: %s", exc)
-    return image.convert("RGB")
-
-
-_profiles: dict[str, object] = {}
-
-
-def _srgb_profile() -> object:
-    if "sRGB" not in _profiles:
-        _profiles["sRGB"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-    return _profiles["sRGB"]
-
-
-def _lab_profile() -> object:
-    if "LAB" not in _profiles:
-        _profiles["LAB"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))
-    return _profiles["LAB"]
-
-
-# --- geometry ------------------------------------------------------------------------------------------
-
-
-def fit_within(image: Image.Image, max_side: int) -> Image.Image:
-    """Downscale (Lanczos, aspect kept) so the longest side is at most `max_side`; never upscale.
-
-    Returns `image` itself when it already fits.
-    """
-    size = fitted_size(image.size, max_side)
-    return image if size == image.size else _resize(image, size)
-
-
-def fitted_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """The size `fit_within` gives an image of `size`."""
-    if max_side < 1:
-        raise ValueError(f"max_side must be at least 1, got {max_side}")
-    width, height = size
-    longest = max(width, height)
-    if longest <= max_side:
-        return size
-    scale = max_side / longest
-    return (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
-
-
-def scale_to_area(image: Image.Image, area: int) -> Image.Image:
-    """Resize (Lanczos, aspect kept, up or down) so width × height is about `area`; the whole image stays.
-
-    Returns `image` itself when it already has that size.
-    """
-    size = area_size(image.size, area)
-    return image if size == image.size else _resize(image, size)
-
-
-def fit_rule(max_side: int) -> SizeRule:
-    """`load_image`'s `final_size` for an image that will be fitted within `max_side` (`fit_within`)."""
-    return partial(fitted_size, max_side=max_side)
-
-
-def same_area_rule(size: tuple[int, int]) -> SizeRule:
-    """`load_image`'s `final_size` for an image that will be scaled to the area of `size` (`scale_to_area`),
-    as NST scales its style images to the fitted content's."""
-    return partial(area_size, area=size[0] * size[1])
-
-
-def area_size(size: tuple[int, int], area: int) -> tuple[int, int]:
-    """The size `scale_to_area` gives an image of `size`."""
-    if area < 1:
-        raise ValueError(f"area must be at least 1, got {area}")
-    width, height = size
-    scale = math.sqrt(area / (width * height))
-    new_width, new_height = round(width * scale), round(height * scale)
-    # A sliver would round one side to 0: keep 1 px there and give the area to the other side.
-    if new_width < 1:
-        return 1, max(1, area)
-    if new_height < 1:
-        return max(1, area), 1
-    return new_width, new_height
-
-
-def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    # Several times faster than plain Lanczos on 40-megapixel photos (see RESIZE_GAP).
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_GAP)
-
-
-def reflect_pad_to_multiple(array: np.ndarray, multiple: int = 4) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pad an H×W or H×W×C array at the bottom and right so both H and W divide by `multiple`.
-
-    Reflect padding (no visible seam for the generator to react to); a side too short to reflect
-    (1 px, or fewer pixels than the padding needs) is edge-padded instead. Returns the padded array and
-    the original (height, width) for `crop_to`. Works for any dtype.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be at least 1, got {multiple}")
-    if array.ndim not in (2, 3):
-        raise ValueError(f"expected an H×W or H×W×C array, got shape {array.shape}")
-    height, width = array.shape[:2]
-    if height < 1 or width < 1:
-        raise ValueError(f"cannot pad an empty array of shape {array.shape}")
-    padded = array
-    for axis, length in ((0, height), (1, width)):
-        extra = -length % multiple
-        if extra:
-            widths = [(0, 0)] * array.ndim
-            widths[axis] = (0, extra)
-            mode = "reflect" if extra <= length - 1 else "edge"
-            padded = np.pad(padded, widths, mode=mode)
-    return padded, (height, width)
-
-
-def crop_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Cut a padded H×W(×C) array back to `size` = (height, width), the second value from the pad."""
-    height, width = size
-    if height > array.shape[0] or width > array.shape[1]:
-        raise ValueError(f"cannot crop shape {array.shape} to {height}×{width}")
-    return array[:height, :width]
 
 
 # --- encoding ------------------------------------------------------------------------------------------

@@ -6,18 +6,32 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
 
 from nst_daemon import imaging
+from nst_daemon.engines import registry
 from nst_daemon.errors import NstdError
 from nst_daemon.wording import plural
 
 SOURCES = ("telegram", "folder", "cli")
-ENGINES = ("nst", "cyclegan", "adain")
+
+
+class _RegisteredEngines:
+    """The engine registry's keys (engines/registry.py), read at each check: a plugin registered after
+    import (a test's, or one named in NSTD_ENGINE_PLUGINS) is a valid job engine too."""
+
+    def __contains__(self, key: object) -> bool:
+        return key in registry.engine_keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.engine_keys())
+
+
+ENGINES = _RegisteredEngines()
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
 # A delivery is "sending" from its claim until the source's answer is recorded; see JobQueue._deliver.
@@ -100,9 +114,11 @@ class Job:
 
     @property
     def style_label(self) -> str:
-        return (
-            self.styles[0] if self.engine == "cyclegan" else f"multi-style NST ({len(self.input_keys) - 1})"
-        )
+        """ "Van Gogh", "mycat", "Instant (2 style images)": style_catalog.job_label, the one rule."""
+        from nst_daemon.style_catalog import job_label
+
+        named = self.params.get("style_name")
+        return job_label(self.engine, self.styles, max(1, len(self.input_keys) - 1), named=named)
 
 
 def job_prefix(job_id: int) -> str:

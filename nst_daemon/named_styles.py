@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nst_daemon import imaging
-from nst_daemon.config import CYCLEGAN_STYLES, Settings
-from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
+from nst_daemon.config import Settings
+from nst_daemon.engines import registry
 from nst_daemon.errors import ModelNotInstalled, NstdError
 from nst_daemon.manifest import runnable_path
+from nst_daemon.style_catalog import style_keys
 from nst_daemon.style_names import normalize_style
 
 if TYPE_CHECKING:
     import sqlite_utils
     from rich.console import Console
 
-ENGINES = ("adain", "nst")
 # Folder names of the watched folder's inbox/ that mean something already; a named style may not take one.
 RESERVED_NAMES = ("default", "nst", "instant")
 MAX_NAME = 40
@@ -69,23 +69,24 @@ def check_name(text: str) -> str:
         raise StyleRefused(f"{text!r} is not a usable style name: use letters and digits")
     if len(name) > MAX_NAME:
         raise StyleRefused(f"style name {name!r} is too long: at most {MAX_NAME} letters and digits")
-    if name in CYCLEGAN_STYLES:
+    if name in style_keys():
         raise StyleRefused(f"{name!r} is a built-in style; choose another name for a named style")
     if name in RESERVED_NAMES:
         raise StyleRefused(f"{name!r} is reserved (a folder of the watched inbox); choose another name")
     return name
 
 
-def required_models(engine: str) -> tuple[str, ...]:
-    from nst_daemon.engines import NST_BACKBONE
+def required_models(engine: str, settings: Settings | None = None) -> tuple[str, ...]:
+    """The catalog models a style of `engine` needs (the registry's plugin says which)."""
+    from nst_daemon.style_catalog import current_catalog
 
-    return tuple(ADAIN_MODELS) if engine == "adain" else (NST_BACKBONE,)
+    return registry.get(engine).models(None, current_catalog(settings))
 
 
 def check_models(settings: Settings, engine: str) -> None:
     """Refuse, in one line, a style whose engine cannot run here (its models are not installed)."""
     missing = []
-    for model in required_models(engine):
+    for model in required_models(engine, settings):
         try:
             runnable_path(settings.paths.models_dir, model)
         except ModelNotInstalled:
@@ -128,8 +129,9 @@ def check_image_bytes(data: bytes, settings: Settings, label: str) -> imaging.Im
 def _check_params(engine: str, strength: float | None, weights: list[float] | None, count: int) -> None:
     from nst_daemon.engines.adain import check_strength, normalized_weights
 
-    if engine not in ENGINES:
-        raise StyleRefused(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    engines = [plugin.key for plugin in registry.image_engines()]  # the engines that take style images
+    if engine not in engines:
+        raise StyleRefused(f"unknown engine {engine!r}; choose one of: {', '.join(engines)}")
     if strength is not None:
         check_strength(strength)
         if engine != "adain":
@@ -330,4 +332,4 @@ def print_list(styles: list[NamedStyle], console: Console) -> None:
         console.print(table)
     else:
         console.print("no named styles yet: `nstd styles add NAME IMAGE...` saves one")
-    console.print(f"built-in styles: {', '.join(CYCLEGAN_STYLES)}", style="dim", highlight=False)
+    console.print(f"built-in styles: {', '.join(style_keys())}", style="dim", highlight=False)

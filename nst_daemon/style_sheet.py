@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from nst_daemon import imaging, named_styles
-from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
 from nst_daemon.jobs import Job
 from nst_daemon.manifest import read_manifest
+from nst_daemon.style_catalog import pretrained_styles
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,18 +48,17 @@ class SheetStyle:
     name: str  # the tile's label: a built-in style's or a named style's name
     version: str  # the model's digest (built-in) or the record's time (named): part of the cache key
     named: named_styles.NamedStyle | None = None
+    engine: str = ""  # a built-in style's engine (a named style's is its record's)
 
 
 def available(settings: Settings, db: sqlite_utils.Database | None, owner: str = "") -> list[SheetStyle]:
     """The styles that can run here: built-ins whose model is installed, then the named styles (everyone's,
     and `owner`'s own) whose engine's models are installed."""
-    from nst_daemon.engines import STYLE_MODELS
-
     manifest = read_manifest(settings.paths.models_dir)
     styles = [
-        SheetStyle(style, manifest[STYLE_MODELS[style]].sha256)
-        for style in CYCLEGAN_STYLES
-        if STYLE_MODELS[style] in manifest
+        SheetStyle(style.key, manifest[style.model].sha256, engine=style.engine)
+        for style in pretrained_styles(settings).values()
+        if style.model in manifest
     ]
     if db is None:
         return styles
@@ -136,7 +136,7 @@ def _stylize(
     params: dict[str, Any] = {"max_side": tile, "preset": "fast"}
     if named:
         params.update(named.params)
-    job = _job(named.engine if named else "cyclegan", [style.name], params)
+    job = _job(named.engine if named else style.engine, [style.name], params)
     result = runner.run(job, content, images, lambda *_: None, threading.Event())
     if result.image is not None:
         return result.image

@@ -11,19 +11,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nst_daemon import imaging, named_styles
-from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon import imaging, named_styles, style_catalog
+from nst_daemon.config import Settings
 from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
-from nst_daemon.engines.presets import working_side
+from nst_daemon.engines.registry import EngineModel, EngineOutput, EnginePlugin
+from nst_daemon.engines.registry import get as get_engine
 from nst_daemon.errors import ModelNotInstalled, NstdError, UnknownStyle
+from nst_daemon.job_model import RunResult
 from nst_daemon.manifest import runnable_path
 from nst_daemon.output_file import check_output, resolve_output, write_output
+from nst_daemon.pipeline import StylizeRequest, installed_paths, stylize
+from nst_daemon.strength import check_strength
 from nst_daemon.style_names import normalize_style
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from PIL import Image
     from rich.console import Console
     from rich.progress import Progress
 
@@ -49,26 +52,25 @@ def run(
     """`progress_console` (stderr) shows a progress bar or a spinner, only when it is a terminal: stdout
     keeps its plain lines, the last of which is `wrote PATH (W×H) in S s on DEVICE`.
 
-    Style images go to `engine` (adain | nst; default: `default_engine`). `strength` (0..1) is AdaIN's α;
-    `style_weights`, one per style image, are normalised to sum to 1."""
-    from nst_daemon.engines import NST_BACKBONE, STYLE_MODELS
-    from nst_daemon.engines.adain import check_strength, normalized_weights
+    Style images go to `engine` (adain | nst | another image engine; default: `default_engine`).
+    `strength` (0..1): AdaIN's α, a blend with the content for the others; `style_weights`, one per style
+    image, are normalised to sum to 1. The run itself is the daemon's pipeline (pipeline.stylize)."""
+    from nst_daemon.engines.adain import normalized_weights
 
     if (style is None) == (not style_images):
         raise NstdError("give exactly one of --style STYLE or --style-image PATH (repeatable)")
     key = normalize_style(style) if style is not None else None
+    pretrained = style_catalog.pretrained_styles(settings)
     # The style images: the files given, or a named style's images from the object store.
     sources: list[Path | bytes] = list(style_images)
     label = None
-    if key is not None and key not in STYLE_MODELS:
+    if key is not None and key not in pretrained:
         named = named_styles.find(settings, key)
         if named is None:
-            raise UnknownStyle(style or "", [*CYCLEGAN_STYLES, *_named_names(settings)])
+            raise UnknownStyle(style or "", [*pretrained, *_named_names(settings)])
         for given, option in ((engine, "--engine"), (style_weights, "--style-weight")):
             if given is not None:
                 raise NstdError(f"{option} does not apply to {key}: a named style has its own")
-        if strength is not None and named.engine != "adain":
-            raise NstdError(f"--strength applies to AdaIN styles only; {key} uses NST")
         engine, style_weights, label = named.engine, named.weights, named.name
         strength = strength if strength is not None else named.strength
         from nst_daemon.store import open_store
@@ -76,104 +78,98 @@ def run(
         sources = list(named_styles.load_images(settings, open_store(settings), named))
         key = None
     elif key is not None:
-        for given, option in (
-            (engine, "--engine"),
-            (strength, "--strength"),
-            (style_weights, "--style-weight"),
-        ):
+        for given, option in ((engine, "--engine"), (style_weights, "--style-weight")):
             if given is not None:
                 raise NstdError(f"{option} applies to --style-image only; {key} is a pretrained style")
+        if preserve_colors:
+            raise NstdError("--preserve-colors applies to --style-image only (NST and AdaIN)")
+        engine = pretrained[key].engine
     if key is None:
         chosen = engine is None and _both_installed(settings)  # the machine decided: say which and why
         engine = engine or default_engine(settings, device)
-        if strength is not None:
-            check_strength(strength)
-            if engine != "adain":
-                # NST and CycleGAN have no strength yet (a blend with the content comes in a later round).
-                raise NstdError("--strength applies to --engine adain only")
         if style_weights is not None:
             normalized_weights(style_weights, len(sources))
         if chosen and label is None:
             console.print(f"engine: {engine} ({_ENGINE_NOTES[engine]})", style="dim", highlight=False)
-    output = resolve_output(output, _default_name(input, key or label or engine or "nst"))
+    if strength is not None:
+        check_strength(strength)
+    assert engine is not None
+    output = resolve_output(output, _default_name(input, key or label or engine))
     output_format = imaging.format_for_path(output)
     check_output(output, inputs=[input, *style_images], force=force)
-    models_dir = settings.paths.models_dir
-    limits = settings.images.limits
+    if preset is not None and engine != "nst":
+        what = f"{key} is a pretrained style" if key else "AdaIN is a single pass"
+        console.print(f"note: --preset applies to NST only; {what}", style="dim")
+        preset = None
+    options = {
+        "preset": preset or (settings.nst.preset if engine == "nst" else None),
+        "max_side": max_side,
+        "preserve_colors": preserve_colors or None,
+        "strength": strength,
+        "style_weights": style_weights,
+    }
+    params = {name: value for name, value in options.items() if value is not None}
+    request = StylizeRequest(engine, input, sources, [key] if key else [], params, style_label=label)
     shown = progress_console if progress_console is not None and progress_console.is_terminal else None
 
     started = time.perf_counter()
-    if key is not None:
-        if preserve_colors:
-            raise NstdError("--preserve-colors applies to --style-image only (NST and AdaIN)")
-        side = working_side(settings, "cyclegan", explicit=max_side)
-        # The inputs first: a mistyped path should not send the user to pull a model before saying so.
-        # A large photo decodes no larger than the engine's fit needs (see runner.decode_inputs).
-        content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
-        model = runnable_path(models_dir, STYLE_MODELS[key])
-        if preset is not None:
-            console.print(f"note: --preset applies to NST only; {key} is a pretrained style", style="dim")
-        result, used = _cyclegan(
-            model, content, side, device or settings.cyclegan.device, settings.cyclegan.cpu_threads, shown
-        )
-    elif engine == "adain":
-        if preset is not None:
-            console.print("note: --preset applies to NST only; AdaIN is a single pass", style="dim")
-        side = working_side(settings, "adain", explicit=max_side)
-        content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
-        to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
-        styles = _load_styles(sources, limits, to_area, label)
-        missing = [name for name in ADAIN_MODELS if not _installed(models_dir, name)]
-        if len(missing) > 1:
-            raise NstdError(
-                f"models {' and '.join(missing)} are not installed: run "
-                f"`nstd models pull {' '.join(missing)}` (AdaIN needs both; --engine nst uses vgg19)"
-            )
-        models = [runnable_path(models_dir, name) for name in ADAIN_MODELS]  # names the one missing
-        result, used = _adain(
-            settings, models, content, styles, style_weights, strength, side, device, preserve_colors, shown
-        )
-    else:
-        preset = preset or settings.nst.preset
-        side = working_side(settings, "nst", preset=preset, explicit=max_side)
-        content = imaging.load_image_file(input, **limits, final_size=imaging.fit_rule(side))
-        to_area = imaging.same_area_rule(imaging.fitted_size(content.size, side))
-        styles = _load_styles(sources, limits, to_area, label)
-        model = runnable_path(models_dir, NST_BACKBONE)
-        result, used = _nst(
-            settings,
-            model,
-            content,
-            styles,
-            preset,
-            side,
-            device,
-            preserve_colors,
-            console,
-            shown,
-            style_weights,
-        )
-
-    write_output(output, imaging.encode_image(result, output_format), force=force)
+    result, output_ = _run(settings, request, device, console, shown)
+    image = result.image
+    assert image is not None
+    write_output(output, imaging.encode_image(image, output_format), force=force)
     elapsed = time.perf_counter() - started
-    width, height = result.size
-    console.print(f"wrote {output} ({width}×{height}) in {elapsed:.1f} s on {used}", highlight=False)
+    width, height = image.size
+    console.print(
+        f"wrote {output} ({width}×{height}) in {elapsed:.1f} s on {output_.device}", highlight=False
+    )
 
 
-def _load_styles(
-    sources: list[Path | bytes], limits: dict, to_area: imaging.SizeRule, label: str | None
-) -> list[Image.Image]:
-    """Style files, or a named style's stored images (an error names the style and the image)."""
-    styles = []
-    for index, source in enumerate(sources, start=1):
-        if isinstance(source, Path):
-            styles.append(imaging.load_image_file(source, **limits, final_size=to_area))
-            continue
+def _run(
+    settings: Settings, request: StylizeRequest, device: str | None, console: Console, shown: Console | None
+) -> tuple[RunResult, EngineOutput]:
+    """The pipeline with the models loaded for this one run, behind a bar (NST) or a spinner."""
+    loaded: list[EngineModel] = []
+
+    plugin = get_engine(request.engine)
+    stepped = plugin.reports_steps
+    display = nst_progress(shown) if stepped else cyclegan_spinner(shown)
+
+    def models(plugin: EnginePlugin, names: tuple[str, ...]) -> EngineModel:
+        model = plugin.create(installed_paths(settings, plugin, names), settings, device)
+        model.load()
+        loaded.append(model)
+        device_name = getattr(model, "device_name", device)
+        if stepped:
+            side = plugin.max_side(settings, request.params)
+            console.print(
+                f"{plugin.key.upper()} on {device_name}: {len(request.style_images)} style image(s), "
+                f"preset {request.params.get('preset')}, up to {side} px",
+                highlight=False,
+            )
+        else:
+            display.update(task, description=f"stylizing on {getattr(model, 'provider', device_name)}")
+        return model
+
+    with display as bar:
+        task = bar.add_task(
+            "stylizing" if stepped else "loading the model", total=1.0 if stepped else None, step=0
+        )
+
+        def progress(fraction: float, preview: bytes | None = None) -> None:
+            if stepped:
+                bar.update(task, completed=min(fraction, 1.0))
+
+        def detail(line: str, step: int = 0) -> None:
+            bar.update(task, description=line, step=step)
+
         try:
-            styles.append(imaging.load_image(source, **limits, final_size=to_area))
-        except imaging.ImageError as exc:
-            raise NstdError(f"style {label} image {index}: {exc.message}") from None
-    return styles
+            result, output = stylize(settings, request, models, progress, None, detail)
+        finally:
+            for model in loaded:
+                model.unload()
+    for note in output.notes:
+        console.print(f"note: {note}")
+    return result, output
 
 
 def _named_names(settings: Settings) -> list[str]:
@@ -219,110 +215,10 @@ def _installed(models_dir: Path, name: str) -> bool:
     return True
 
 
-def _adain(
-    settings: Settings,
-    models: list[Path],
-    content: Image.Image,
-    styles: list[Image.Image],
-    weights: list[float] | None,
-    strength: float | None,
-    max_side: int,
-    device: str | None,
-    preserve_colors: bool,
-    shown: Console | None,
-) -> tuple[Image.Image, str]:
-    from nst_daemon.engines.adain import AdaINEngine
-
-    engine = AdaINEngine(
-        *models, device=device or settings.adain.device, cpu_threads=settings.adain.cpu_threads
-    )
-    with cyclegan_spinner(shown) as spinner:
-        spinner.add_task("loading the model", total=None)
-        engine.load()
-        try:
-            spinner.update(spinner.task_ids[0], description=f"stylizing on {engine.provider}")
-            image = engine.stylize(
-                content,
-                styles,
-                weights=weights,
-                strength=1.0 if strength is None else strength,
-                preserve_colors=preserve_colors,
-                max_side=max_side,
-            )
-            return image, engine.provider
-        finally:
-            engine.unload()
-
-
 def _default_name(input: Path, label: str) -> str:
     """The file `-o FOLDER` gets: photo.jpg -> photo.monet.jpg (a PNG stays a PNG, all else is a JPEG)."""
     suffix = input.suffix.lower() if input.suffix.lower() in (".jpg", ".jpeg", ".png") else ".jpg"
     return f"{input.stem}.{label}{suffix}"
-
-
-def _cyclegan(
-    model: Path, content: Image.Image, max_side: int, device: str, cpu_threads: int, shown: Console | None
-) -> tuple[Image.Image, str]:
-    from nst_daemon.engines.cyclegan import CycleGANEngine
-
-    engine = CycleGANEngine(model, device=device, cpu_threads=cpu_threads)
-    with cyclegan_spinner(shown) as spinner:
-        spinner.add_task("loading the model", total=None)
-        engine.load()
-        try:
-            spinner.update(spinner.task_ids[0], description=f"stylizing on {engine.provider}")
-            return engine.stylize(content, max_side=max_side), engine.provider
-        finally:
-            engine.unload()
-
-
-def _nst(
-    settings: Settings,
-    model: Path,
-    content: Image.Image,
-    styles: list[Image.Image],
-    preset: str,
-    max_side: int,
-    device: str | None,
-    preserve_colors: bool,
-    console: Console,
-    shown: Console | None,
-    weights: list[float] | None = None,
-) -> tuple[Image.Image, str]:
-    from nst_daemon.engines.nst import NSTEngine, NSTOptions, NSTProgress
-
-    options = NSTOptions.from_preset(
-        preset,
-        max_side=max_side,
-        optimizer=settings.nst.optimizer,
-        seed=settings.nst.seed,
-        preserve_colors=preserve_colors,
-    )
-    engine = NSTEngine(model, device=device or settings.nst.device, cpu_threads=settings.nst.cpu_threads)
-    engine.load()
-    console.print(
-        f"NST on {engine.device_name}: {len(styles)} style image(s), preset {preset}, up to {max_side} px",
-        highlight=False,
-    )
-    with nst_progress(shown) as bar:
-        task = bar.add_task("stylizing", total=1.0, step=0)
-
-        def report(progress: NSTProgress) -> None:
-            width, height = progress.size
-            bar.update(
-                task,
-                completed=progress.fraction,
-                step=progress.step,
-                description=f"scale {progress.scale + 1}/{progress.scales} {width}×{height}",
-            )
-
-        try:
-            result = engine.stylize(content, styles, weights=weights, options=options, progress=report)
-        finally:
-            engine.unload()
-    if result.oom_retries:
-        console.print(f"note: ran out of GPU memory {result.oom_retries} time(s); worked at a smaller size")
-    return result.image, result.device
 
 
 def nst_progress(shown: Console | None, get_time: Callable[[], float] | None = None) -> Progress:

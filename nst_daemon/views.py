@@ -11,7 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from nst_daemon.jobs import Job, JobStore
-from nst_daemon.wording import plural
 
 
 def _age(timestamp: float | None) -> str:
@@ -85,11 +84,7 @@ def _origin(job: Job, full: bool = False) -> str:
 
 
 def _styles(job: Job) -> str:
-    if job.engine == "cyclegan":
-        return ", ".join(job.styles)
-    # An NST job's style images are its inputs after the content; `styles` is empty for it.
-    count = max(0, len(job.input_keys) - 1)
-    return f"NST, {count} style image{plural(count)}"
+    return job.style_label
 
 
 def _params(job: Job) -> str:

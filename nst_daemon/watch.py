@@ -19,11 +19,12 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from nst_daemon import named_styles
-from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir
 from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import Job, JobQueue, JobRequest
+from nst_daemon.style_catalog import engine_for_style, file_label, style_keys
 from nst_daemon.style_names import normalize_style
 from nst_daemon.watch_files import (
     RefusedFile,
@@ -41,7 +42,6 @@ from nst_daemon.watch_files import (
 log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".partial", "~")
-STYLE_FOLDERS = (*CYCLEGAN_STYLES, "default", "nst", "instant")
 # The folders that take every image in styles/ as the style: Gatys NST (painted) and AdaIN (instant).
 STYLE_IMAGE_ENGINES = {"nst": "nst", "instant": "adain"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
@@ -62,10 +62,15 @@ def _label(folder: str, name: str) -> str:
     return repr(f"{folder}/{name}" if folder else name)
 
 
-def _misplaced(folder: str) -> str:
+def style_folders(settings: Settings) -> tuple[str, ...]:
+    """inbox/<folder>/ for each of the catalog's pretrained styles, the default style and NST."""
+    return (*style_keys(settings), "default", *STYLE_IMAGE_ENGINES)
+
+
+def _misplaced(folder: str, folders: tuple[str, ...]) -> str:
     where = f"inbox/{folder}/ is not a style folder" if folder else "inbox/ itself is not a style folder"
     return (
-        f"{where}; put images in inbox/<style>/, one of: {', '.join(STYLE_FOLDERS)}, "
+        f"{where}; put images in inbox/<style>/, one of: {', '.join(folders)}, "
         "or a named style (`nstd styles list`)"
     )
 
@@ -117,7 +122,7 @@ class FolderWatcher:
     def create_folders(self) -> None:
         what = "a folder of the watched folder (watch.dir)"
         for top in ("inbox", "outbox", "done", "failed"):
-            for style in STYLE_FOLDERS:
+            for style in style_folders(self.settings):
                 ensure_dir(self.root / top / style, what)
         ensure_dir(self.root / "styles", what)
         for named in named_styles.list_styles(self.queue.db):
@@ -236,19 +241,20 @@ class FolderWatcher:
     async def _claim(self, path: Path, folder: str) -> None:
         problem = self._problem_with(path)
         # A named style is looked up at each claim: one added while the daemon runs works at once.
-        named = None if problem or folder in STYLE_FOLDERS else self._named_style(folder)
-        if not problem and folder not in STYLE_FOLDERS and named is None:
-            problem = _misplaced(folder)
+        folders = style_folders(self.settings)
+        named = None if problem or folder in folders else self._named_style(folder)
+        if not problem and folder not in folders and named is None:
+            problem = _misplaced(folder, folders)
         if problem:
             await asyncio.to_thread(self._move_to_failed, path, folder, problem)
             return
         style = self.settings.default_style if folder == "default" else folder
-        if folder == "default" and style and style not in CYCLEGAN_STYLES:
+        if folder == "default" and style and style not in folders:
             named = self._named_style(style)  # the default may name a named style
         request = JobRequest(
             source="folder",
             owner=str(path),
-            engine=STYLE_IMAGE_ENGINES.get(folder, "cyclegan"),
+            engine=STYLE_IMAGE_ENGINES.get(folder) or engine_for_style(style, self.settings) or "cyclegan",
             content=b"",
             reply={"path": str(path), "folder": folder, "name": path.name},
         )
@@ -256,7 +262,7 @@ class FolderWatcher:
         try:
             if folder == "default" and not style:
                 raise NstdError("no default style is configured: set [styles] default in the config")
-            if folder == "default" and style not in CYCLEGAN_STYLES and named is None:
+            if folder == "default" and style not in folders and named is None:
                 raise NstdError(
                     f"the default style {style!r} is neither a built-in style nor a named style "
                     "(`nstd styles list`)"
@@ -369,8 +375,9 @@ class FolderWatcher:
         published = find_published(staged)
         if published is None:
             stage(staged, result)
+            folder = job.reply.get("folder")
             label = job.params.get("style_name") or (
-                job.styles[0] if job.engine == "cyclegan" else job.reply.get("folder") or job.engine
+                folder if folder in STYLE_IMAGE_ENGINES else file_label(job.engine, job.styles)
             )
             stem, _suffix = split_name(job.reply["name"])
             # Never the name of an existing file: the same photo dropped twice gets two results.

@@ -106,3 +106,35 @@ def serve_with_hanging_engines() -> None:
     setup_logging("info")
     settings = load_settings(Path(sys.argv[1]))
     sys.exit(asyncio.run(serve(settings, ProcessRunner(settings, make_runner=HangingRunner))))
+
+
+class _IdleModel:
+    """A model that loads nothing: for tests of what reaches an engine, not of the engine."""
+
+    loaded = True
+    device_name = "cpu"
+    provider = "cpu"
+
+    def load(self) -> None:
+        pass
+
+    def unload(self) -> None:
+        pass
+
+
+def record_engine_runs(monkeypatch: Any, key: str = "nst") -> list[Any]:
+    """Replace engine `key`'s model and run (the registry's plugin) with a recorder of what each run gets
+    (its `EngineInput`: images, options); each run returns a 1×1 image."""
+    from nst_daemon.engines import registry
+    from nst_daemon.engines.registry import EngineOutput
+
+    plugin = registry.get(key)
+    calls: list[Any] = []
+
+    def run(model: Any, given: Any) -> EngineOutput:
+        calls.append(given)
+        return EngineOutput(Image.new("RGB", (1, 1)), {}, "cpu")
+
+    monkeypatch.setattr(plugin, "create", lambda paths, settings, device: _IdleModel())
+    monkeypatch.setattr(plugin, "run", run)
+    return calls

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import test_adain
 from checkpoints import random_image
+from engine_stubs import record_engine_runs
 from PIL import Image
 
 from nst_daemon import stylize
@@ -118,7 +119,6 @@ def test_max_side_fits_the_result(adain_models: Path, images, tmp_path: Path) ->
     [
         (["--strength", "1.5"], "error: strength must be a number from 0 to 1 (got 1.5)"),
         (["--strength", "-0.1"], "error: strength must be a number from 0 to 1 (got -0.1)"),
-        (["--engine", "nst", "--strength", "0.5"], "error: --strength applies to --engine adain only"),
         (["--style-weight", "1", "--style-weight", "2"], "error: got 2 style weights for 1 style image;"),
         (["--style-weight", "-1"], "error: style weights must be non-negative numbers with a positive sum"),
     ],
@@ -132,13 +132,15 @@ def test_bad_options_are_one_line(adain_models: Path, images, tmp_path: Path, ar
     assert not output.exists()
 
 
-def test_a_pretrained_style_takes_no_strength(adain_models: Path, images, tmp_path: Path) -> None:
+def test_a_pretrained_style_refuses_a_strength_out_of_range(
+    adain_models: Path, images, tmp_path: Path
+) -> None:
     photo, _, _ = images
     config = write_config(tmp_path / "config.toml", adain_models)
     line = one_error_line(
-        nstd(config, photo, "-o", tmp_path / "o.png", "--style", "monet", "--strength", "0.5")
+        nstd(config, photo, "-o", tmp_path / "o.png", "--style", "monet", "--strength", "1.5")
     )
-    assert line == "error: --strength applies to --style-image only; monet is a pretrained style"
+    assert line == "error: strength must be a number from 0 to 1 (got 1.5)"
 
 
 def test_a_missing_model_is_one_line(adain_models: Path, images, tmp_path: Path) -> None:
@@ -229,17 +231,14 @@ def test_style_weights_reach_nst_too(tmp_path: Path, monkeypatch) -> None:
     fake_install(tmp_path, ["vgg19"])
     photo = tmp_path / "photo.png"
     random_image((40, 30), seed=1).save(photo)
-    calls: list[tuple[object, ...]] = []
-    monkeypatch.setattr(
-        stylize, "_nst", lambda *args: calls.append(args) or (Image.new("RGB", (1, 1)), "cpu")
-    )
+    calls = record_engine_runs(monkeypatch, "nst")
     settings = Settings.model_validate({"paths": {"models_dir": str(tmp_path), "state_dir": str(tmp_path)}})
     stylize.run(
         settings, photo, tmp_path / "out.jpg", style=None, style_images=[photo, photo], preset=None,
         max_side=None, device=None, preserve_colors=False, console=Console(quiet=True), engine="nst",
         style_weights=[2.0, 1.0],
     )  # fmt: skip
-    assert calls[0][-1] == [2.0, 1.0]
+    assert calls[0].options["weights"] == [2.0, 1.0]
 
 
 def test_an_adain_job_goes_through_the_queue(adain_models: Path, tmp_path: Path) -> None:

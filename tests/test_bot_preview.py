@@ -24,10 +24,10 @@ from fake_telegram import Call, FakeTelegram
 from PIL import Image
 from test_bot_flows import BotHarness, FakeRunner, jpeg
 
-from nst_daemon import runner as runner_module
 from nst_daemon.bot import keyboards
 from nst_daemon.config import Settings
 from nst_daemon.engine_process import ProcessRunner
+from nst_daemon.engines import nst_plugin
 from nst_daemon.engines.nst import NSTEngine, NSTOptions, NSTProgress
 from nst_daemon.engines.preview import PREVIEW_SIDE, preview_jpeg
 from nst_daemon.errors import Cancelled
@@ -293,7 +293,7 @@ def test_the_engine_sends_previews_only_when_asked(installed_models_dir: Path) -
 def test_the_runner_asks_for_previews_for_a_preview_job_only(
     installed_models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner_module, "PREVIEW_EVERY_S", 0.0)
+    monkeypatch.setattr(nst_plugin, "PREVIEW_EVERY_S", 0.0)
     settings = Settings.model_validate(
         {
             "paths": {"state_dir": str(tmp_path / "state"), "models_dir": str(installed_models_dir)},

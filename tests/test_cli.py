@@ -164,10 +164,10 @@ def test_jobs_table_fits_80_columns_and_says_where_each_job_came_from(config: Pa
     header = [cell.strip() for cell in result.stdout.split("┃", 1)[1].split("\n", 1)[0].split("┃")[:-1]]
     assert header == ["id", "from", "style", "state", "delivery", "created", "error"]
     assert table_rows(result.stdout) == [
-        ["3", "telegram42", "NST,2styleimages", "cancelled", "pending", "2mago", ""],
-        ["2", "foldervangogh/holiday-photo.jpg", "vangogh", "failed", "delivered", "2mago",
+        ["3", "telegram42", "Multi-styleNST(2styleimages)", "cancelled", "pending", "2mago", ""],
+        ["2", "foldervangogh/holiday-photo.jpg", "VanGogh", "failed", "delivered", "2mago",
          "thecontentimage:thisimageisdamagedorincomplete"],
-        ["1", "telegram123456789", "monet", "running40%", "pending", "2mago", ""],
+        ["1", "telegram123456789", "Monet", "running40%", "pending", "2mago", ""],
     ]  # fmt: skip
     # The short columns never wrap: each value sits on its row's first line.
     first_lines = [line for line in result.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
@@ -204,7 +204,7 @@ def test_jobs_show_names_the_store_keys_and_where_the_result_went(config: Path, 
 
     shown = nstd("--config", str(config), "jobs", "show", str(nst.id)).stdout
     assert f"inputs        jobs/{nst.id}/content.jpg, jobs/{nst.id}/style-1.jpg" in shown
-    assert "NST, 1 style image" in shown and "result        (none)" in shown
+    assert "Multi-style NST (1 style image)" in shown and "result        (none)" in shown
 
     missing = nstd("--config", str(config), "jobs", "show", "999")
     assert (

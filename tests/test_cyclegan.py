@@ -18,7 +18,7 @@ from checkpoints import (
     save_checkpoint,
 )
 
-from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError
+from nst_daemon.engines import Cancelled, CheckpointError, ConversionError, DeviceError, cyclegan_export
 from nst_daemon.engines import cyclegan as cg
 from nst_daemon.engines.cores import physical_cores
 from nst_daemon.engines.cyclegan import (
@@ -215,7 +215,7 @@ def test_missing_onnx_file(tmp_path: Path) -> None:
 def test_failed_check_refuses_and_leaves_nothing(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cg, "check_onnx", lambda generator, path: 3e-3)
+    monkeypatch.setattr(cyclegan_export, "check_onnx", lambda generator, path: 3e-3)
     target = tmp_path / "out" / "model.onnx"
     with pytest.raises(ConversionError, match="differs from PyTorch"):
         export_onnx(checkpoint, target)

@@ -16,7 +16,7 @@ import image_corpus as corpus
 import numpy as np
 import pytest
 from conftest import REPO, wait_until
-from engine_stubs import ScriptedRunner, make_job
+from engine_stubs import ScriptedRunner, make_job, record_engine_runs
 from PIL import Image
 
 from nst_daemon import engine_process, imaging
@@ -111,14 +111,13 @@ def test_a_large_photo_decodes_no_larger_than_its_engine_needs(
     assert decoded_sizes == [(300, 200)]
     assert result.image.size == imaging.fitted_size((2400, 1600), 64) == (64, 43)
     # An NST job at its own max_side: the engine gets the reduced images and that side.
-    calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(EngineRunner, "_run_nst", lambda self, *args: calls.append(args))
+    calls = record_engine_runs(monkeypatch, "nst")
     job = make_job(engine="nst", styles=[])
     job.params["max_side"] = 256
     runner.run(job, content, [style], lambda fraction: None, threading.Event())
-    (_, content_image, style_images, max_side, _, _) = calls[0]
-    assert content_image.size == (1200, 800) and max_side == 256
-    assert [image.size for image in style_images] == [(1000, 1000)]
+    given = calls[0]
+    assert given.content.size == (1200, 800) and given.options["options"].max_side == 256
+    assert [image.size for image in given.styles] == [(1000, 1000)]
 
 
 def test_a_missing_model_is_the_pull_hint(tmp_path: Path) -> None:

@@ -288,7 +288,7 @@ def test_the_runner_gives_an_nst_style_its_weights(tmp_path: Path, monkeypatch: 
         return SimpleNamespace(image=content, device="cpu", steps=1, scales=1, losses={}, oom_retries=0)
 
     runner = EngineRunner(Settings.model_validate({"paths": {"state_dir": str(tmp_path)}}))
-    monkeypatch.setattr(runner, "_engine", lambda model: SimpleNamespace(stylize=fake_stylize))
+    monkeypatch.setattr(runner, "_model", lambda plugin, names: SimpleNamespace(stylize=fake_stylize))
     style = named_styles.NamedStyle("two", "nst", None, [3.0, 1.0], ["a", "b"], 0.0)
     job = Job(
         id=1, source="folder", owner="t", engine="nst", styles=["two"], params=style.params, state="running",

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 
 from nst_daemon.config import Settings
+from nst_daemon.engines import registry
 from nst_daemon.engines.presets import PRESET_MAX_SIDE, working_side
-from nst_daemon.jobs import Job
-from nst_daemon.runner import EngineRunner
 
 
 def settings(nst_max_side: int = 512, preset: str = "balanced") -> Settings:
     return Settings.model_validate(
         {"nst": {"max_side": nst_max_side, "preset": preset}, "cyclegan": {"max_side": 640}}
     )
-
-
-def job(engine: str, params: dict[str, object]) -> Job:
-    row = {
-        "id": 1, "source": "cli", "owner": "test", "engine": engine, "styles": "[]",
-        "params": json.dumps(params), "state": "queued", "progress": 0.0, "attempts": 0, "error": None,
-        "input_keys": "[]",
-        "output_key": None, "delivery": "pending", "delivery_attempts": 0, "reply": "{}",
-        "created_at": time.time(), "started_at": None, "finished_at": None,
-    }  # fmt: skip
-    return Job.from_row(row)
 
 
 @pytest.mark.parametrize(
@@ -45,14 +30,14 @@ def test_nst_size(cap: int, default: str, preset: str | None, explicit: int | No
     current = settings(cap, default)
     assert working_side(current, "nst", preset=preset, explicit=explicit) == expected
     params = {key: value for key, value in (("preset", preset), ("max_side", explicit)) if value}
-    assert EngineRunner(current)._max_side(job("nst", params)) == expected
+    assert registry.get("nst").max_side(current, params)  # what the pipeline asks == expected
 
 
 def test_cyclegan_size_is_its_own_setting_or_the_explicit_one() -> None:
     current = settings()
     assert working_side(current, "cyclegan", preset="fast") == 640
-    assert EngineRunner(current)._max_side(job("cyclegan", {})) == 640
-    assert EngineRunner(current)._max_side(job("cyclegan", {"max_side": 100})) == 100
+    assert registry.get("cyclegan").max_side(current, {}) == 640
+    assert registry.get("cyclegan").max_side(current, {"max_side": 100}) == 100
 
 
 def test_the_engine_presets_use_these_sizes() -> None:

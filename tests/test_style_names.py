@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nst_daemon.bot import texts
-from nst_daemon.config import CYCLEGAN_STYLES, Settings
+from nst_daemon.config import Settings
+from nst_daemon.style_catalog import style_keys
 from nst_daemon.style_names import normalize_style
 
 
@@ -28,7 +29,7 @@ def test_what_people_type_becomes_the_catalog_style(typed: str, style: str) -> N
 
 
 def test_every_label_the_bot_shows_normalises_to_its_style() -> None:
-    assert {normalize_style(texts.style_name(style)) for style in CYCLEGAN_STYLES} == set(CYCLEGAN_STYLES)
+    assert {normalize_style(texts.style_name(style)) for style in style_keys()} == set(style_keys())
 
 
 def test_unknown_text_stays_unknown() -> None:

@@ -13,8 +13,10 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from checkpoints import random_image
+from engine_stubs import record_engine_runs
 from PIL import Image
 
 NSTD = str(Path(sys.executable).parent / "nstd")
@@ -304,17 +306,13 @@ def test_a_large_photo_decodes_no_larger_than_the_engine_needs(
         assert image.size == (64, 48)
 
     decoded_sizes.clear()
-    nst_calls: list[tuple[object, ...]] = []
-
-    def recording_nst(*args: object) -> tuple[Image.Image, str]:
-        nst_calls.append(args)
-        return Image.new("RGB", (1, 1)), "cpu"
-
-    monkeypatch.setattr(stylize, "_nst", recording_nst)
+    nst_calls = record_engine_runs(monkeypatch, "nst")
     stylize.run(settings, content, output, style=None, style_images=[style], max_side=200, **options)
     # Fitted within 200 the content is 200 × 150; the style goes to that area, 173 × 173.
     assert decoded_sizes == [(800, 600), (800, 800)]
-    assert nst_calls[0][5] == 200  # max_side: the engine runs at the side the decode was sized for
+    assert (
+        nst_calls[0].options["options"].max_side == 200
+    )  # max_side: the engine runs at the side the decode was sized for
 
 
 @pytest.mark.parametrize(
@@ -337,15 +335,13 @@ def test_the_presets_own_size_applies_within_nst_max_side(
     from nst_daemon.config import load_settings
 
     settings = load_settings(config, environ={"NSTD_NST__MAX_SIDE": str(cap)})
-    calls: list[tuple[object, ...]] = []
-    monkeypatch.setattr(
-        stylize, "_nst", lambda *args: calls.append(args) or (Image.new("RGB", (1, 1)), "cpu")
-    )
+    calls = record_engine_runs(monkeypatch, "nst")
     stylize.run(
         settings, photo, tmp_path / "out.jpg", style=None, style_images=[photo], preset=preset,
         max_side=max_side, device=None, preserve_colors=False, console=Console(quiet=True),
     )  # fmt: skip
-    assert calls[0][4:6] == (preset, expected)
+    options = calls[0].options["options"]
+    assert (options.preset, options.max_side) == (preset, expected)
 
 
 def test_nst_progress_shows_the_estimated_time_left() -> None:
@@ -434,3 +430,18 @@ def test_without_hard_links_the_output_is_still_never_replaced(
         write_output(output, b"second")
     assert output.read_bytes() == b"first"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jpg"]  # no temporary file left
+
+
+def test_strength_blends_a_pretrained_style_with_the_content(config: Path, tmp_path: Path) -> None:
+    """CycleGAN has no strength of its own: the pipeline blends its result with the content in CIELAB."""
+    from nst_daemon.strength import blend_with_content
+
+    photo = tmp_path / "photo.png"
+    random_image((64, 48), seed=12).save(photo)  # within cyclegan.max_side 64: no resize on the way
+    full, half = tmp_path / "full.png", tmp_path / "half.png"
+    wrote_line(nstd(config, photo, "-o", full, "--style", "monet"))
+    wrote_line(nstd(config, photo, "-o", half, "--style", "monet", "--strength", "0.5"))
+    with Image.open(photo) as content, Image.open(full) as styled, Image.open(half) as blended:
+        want = blend_with_content(content.convert("RGB"), styled.convert("RGB"), 0.5)
+        assert np.array_equal(np.asarray(blended), np.asarray(want))
+        assert not np.array_equal(np.asarray(blended), np.asarray(styled))

@@ -22,6 +22,7 @@ from nst_daemon.bot import texts
 from nst_daemon.bot.status_messages import StatusEditor, device_text, job_label, job_seconds, status_text
 from nst_daemon.engines.preview import preview_jpeg
 from nst_daemon.jobs import Job, PermanentDeliveryError
+from nst_daemon.style_catalog import file_label
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class TelegramDeliverer:
 
     async def _send_result(self, job: Job, chat_id: int, result: bytes) -> None:
         assert self.bot is not None
-        name = f"nstd-{job.id}-{(job.styles[0] if job.engine == 'cyclegan' and job.styles else 'nst')}.jpg"
+        name = f"nstd-{job.id}-{file_label(job.engine, job.styles)}.jpg"
         caption = result_caption(job)
         if fits_photo(result):
             try:

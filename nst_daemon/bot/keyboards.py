@@ -9,13 +9,14 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from nst_daemon.bot import texts
 from nst_daemon.bot.user_settings import STRENGTHS
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.config import Settings
+from nst_daemon.style_catalog import pretrained_styles
 
 NST = "nst"  # the "Multi-style NST" choice among the style buttons
 
 
 class StyleChoice(CallbackData, prefix="style"):
-    style: str  # a CycleGAN style or NST
+    style: str  # a pretrained style (the catalog's) or NST
 
 
 class Stylize(CallbackData, prefix="go"):
@@ -58,11 +59,15 @@ class SetPreview(CallbackData, prefix="preview"):
     on: bool
 
 
-def styles_keyboard(named: Sequence[str] = ()) -> InlineKeyboardMarkup:
-    """Reference order: Multi-style NST first, then the pretrained styles, then named styles, two a row."""
+def styles_keyboard(settings: Settings | None = None, named: Sequence[str] = ()) -> InlineKeyboardMarkup:
+    """Reference order: Multi-style NST first, then the catalog's pretrained styles, then named styles,
+    two a row."""
     buttons = [
-        InlineKeyboardButton(text=texts.style_name(style), callback_data=StyleChoice(style=style).pack())
-        for style in (*CYCLEGAN_STYLES, *named)
+        InlineKeyboardButton(text=style.label, callback_data=StyleChoice(style=style.key).pack())
+        for style in pretrained_styles(settings).values()
+    ]
+    buttons += [
+        InlineKeyboardButton(text=name, callback_data=StyleChoice(style=name).pack()) for name in named
     ]
     rows = [[InlineKeyboardButton(text=texts.NST_NAME, callback_data=StyleChoice(style=NST).pack())]]
     rows += [buttons[index : index + 2] for index in range(0, len(buttons), 2)]

@@ -26,6 +26,7 @@ from nst_daemon.errors import describe_failure
 from nst_daemon.imaging import ImageError
 from nst_daemon.jobs import Job, JobQueue, JobRequest, QueueFull, UserBusy
 from nst_daemon.named_styles import NamedStyle, StyleRefused
+from nst_daemon.style_catalog import job_label
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,13 @@ class JobStarter:
         style_refs = style_refs or []
         if named is not None:
             engine = named.engine
-        label = texts.job_label(engine, style or "", len(style_refs), named.name if named else None)
+        label = job_label(
+            engine,
+            [style] if style else [],
+            len(style_refs),
+            self.queue.settings,
+            named.name if named else None,
+        )
         ticket = current_ticket.get()
         key = ticket.key(content.file_id) if ticket else None
         if ticket and key and ticket.update.replay:
@@ -132,7 +139,7 @@ class JobStarter:
                 owner=str(user_id),
                 engine=engine,
                 content=content_bytes,
-                styles=[named.name] if named else [style] if engine == "cyclegan" and style else [],
+                styles=[named.name] if named else [style] if style else [],
                 style_images=style_bytes,
                 params=job_params,
                 reply={

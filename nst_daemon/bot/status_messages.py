@@ -44,8 +44,7 @@ MIN_ELAPSED_FOR_ETA_S = 3.0
 
 
 def job_label(job: Job) -> str:
-    style = job.styles[0] if job.styles else ""
-    return texts.job_label(job.engine, style, len(job.input_keys) - 1, job.params.get("style_name"))
+    return job.style_label
 
 
 def job_seconds(job: Job) -> float | None:

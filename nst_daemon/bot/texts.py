@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon import style_catalog
+from nst_daemon.config import Settings
 from nst_daemon.style_names import normalize_style as normalize_style  # the routers read it here
 from nst_daemon.wording import plural as plural  # the routers read it here, beside the sentences
 
-STYLE_NAMES = {
-    "monet": "Monet",
-    "cezanne": "Cézanne",
-    "ukiyoe": "Ukiyo-e",
-    "vangogh": "Van Gogh",
-    "summer2winter": "Summer → Winter",
-    "winter2summer": "Winter → Summer",
-}
-STYLE_LINES = {
-    "monet": "soft light and broken brushwork, after Claude Monet's paintings",
-    "cezanne": "solid blocks of colour and firm outlines, after Paul Cézanne",
-    "ukiyoe": "flat colours and bold lines of Japanese woodblock prints",
-    "vangogh": "swirling strokes and strong colour, after Vincent van Gogh",
-    "summer2winter": "turns a summer landscape wintry (trained on Yosemite photos)",
-    "winter2summer": "turns a winter landscape summery (trained on Yosemite photos)",
-}
 NST_NAME = "Multi-style NST"
 NST_LINE = "your own style images (one or more) painted onto your photo; slower, see /nst"
 PRESETS = ("fast", "balanced", "best")
 # The engines for one's own style images, as the /nst flow and /settings name them.
 ENGINE_NAMES = {"adain": "Instant", "nst": "Painted (slower, finer)"}
-INSTANT_NAME = "Instant"
 
 COMMANDS = {
     "start": "Welcome and style buttons",
@@ -42,23 +26,15 @@ COMMANDS = {
 }
 
 
-def style_name(style: str) -> str:
-    return STYLE_NAMES.get(style, style)
+# The pretrained styles, their names and lines are the catalog's (style_catalog.py; models/catalog.toml).
 
 
-def job_label(engine: str, style: str, style_images: int, named: str | None = None) -> str:
-    """How a job is called in its status message and result: 'Monet', 'mycat', 'Instant (2 style images)'."""
-    if named:
-        return named
-    if engine == "cyclegan":
-        return style_name(style) if style else "Style"
-    count = max(1, style_images)
-    name = INSTANT_NAME if engine == "adain" else NST_NAME
-    return f"{name} ({count} style image{plural(count)})"
+def style_name(style: str, settings: Settings | None = None) -> str:
+    return style_catalog.style_label(style, settings)
 
 
-def styles_inline() -> str:
-    return ", ".join(CYCLEGAN_STYLES)
+def styles_inline(settings: Settings | None = None) -> str:
+    return ", ".join(style_catalog.style_keys(settings))
 
 
 def welcome(default_style: str) -> str:
@@ -98,9 +74,10 @@ def help_text(default_style: str) -> str:
     )
 
 
-def styles_text(named: list[tuple[str, str]] | tuple[()] = ()) -> str:
+def styles_text(settings: Settings | None = None, named: list[tuple[str, str]] | tuple[()] = ()) -> str:
     """`named`: (name, engine) of the named styles the user may use, listed after the built-ins."""
-    lines = [f"• {style} ({style_name(style)}): {STYLE_LINES[style]}" for style in CYCLEGAN_STYLES]
+    styles = style_catalog.pretrained_styles(settings).values()
+    lines = [f"• {style.key} ({style.label}): {style.description}" for style in styles]
     lines += [f"• {name}: named style ({ENGINE_NAMES.get(engine, engine)})" for name, engine in named]
     lines.append(f"• /nst ({NST_NAME}): {NST_LINE}")
     return "Styles (put the name in a photo's caption, or use the buttons):\n\n" + "\n".join(lines)

@@ -1,4 +1,7 @@
-"""Style engines: multi-style Gatys NST (PyTorch, VGG19) and CycleGAN generators (ONNX Runtime).
+"""Style engines: multi-style Gatys NST (PyTorch, VGG19), CycleGAN generators and AdaIN (ONNX Runtime).
+
+Each engine is a plugin (registry.py; one `*_plugin.py` declaration per engine); the pretrained styles are
+the catalog's (style_catalog.py).
 
 This module stays free of torch and onnxruntime so that the daemon, the bot and the catalog can use the
 names and errors below without paying for those imports; the engines live in `vgg`, `nst` and `cyclegan`.
@@ -8,16 +11,6 @@ names and errors below without paying for those imports; the engines live in `vg
 from __future__ import annotations
 
 from nst_daemon.errors import Cancelled, NstdError
-
-# User-facing style -> catalog model name (a contract: the README's Models table and models/catalog.toml).
-STYLE_MODELS: dict[str, str] = {
-    "monet": "style_monet",
-    "cezanne": "style_cezanne",
-    "ukiyoe": "style_ukiyoe",
-    "vangogh": "style_vangogh",
-    "summer2winter": "summer2winter_yosemite",
-    "winter2summer": "winter2summer_yosemite",
-}
 
 NST_BACKBONE = "vgg19"
 
@@ -36,7 +29,6 @@ class DeviceError(NstdError):
 
 __all__ = [
     "NST_BACKBONE",
-    "STYLE_MODELS",
     "Cancelled",
     "CheckpointError",
     "ConversionError",

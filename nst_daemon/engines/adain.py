@@ -38,6 +38,7 @@ from PIL import Image
 from nst_daemon.engines import Cancelled
 from nst_daemon.engines.ort_session import device_label, parse_device
 from nst_daemon.errors import NstdError
+from nst_daemon.strength import check_strength as check_strength  # AdaIN's α, the same rule
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -61,12 +62,6 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> list[floa
         raise NstdError("style weights must be non-negative numbers with a positive sum")
     total = sum(values)
     return [w / total for w in values]
-
-
-def check_strength(strength: float) -> float:
-    if not (isinstance(strength, int | float) and math.isfinite(strength) and 0.0 <= strength <= 1.0):
-        raise NstdError(f"strength must be a number from 0 to 1 (got {strength})")
-    return float(strength)
 
 
 def mean_std(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

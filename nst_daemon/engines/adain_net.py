@@ -13,7 +13,6 @@ The daemon never imports this module: it runs the exported graphs (`adain.py`). 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from nst_daemon.engines import CheckpointError, ConversionError
 from nst_daemon.engines.checkpoint import check_against, read_checkpoint
-from nst_daemon.engines.ort_session import staging_file
+from nst_daemon.engines.ort_session import publish_export, staging_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,6 @@ _DECODER_CONVS = (
     (256, True), (256, False), (256, False), (256, False), (128, True),
     (128, False), (64, True), (64, False), (3, False),
 )  # fmt: skip
-EXPORT_CHECK_TOLERANCE = 1e-4
 OPSET = 18
 FILES = {"adain_vgg": "pytorch-AdaIN vgg_normalised.pth", "adain_decoder": "pytorch-AdaIN decoder.pth"}
 
@@ -165,17 +163,7 @@ def export_onnx(kind: str, checkpoint: Path, onnx_path: Path) -> float:
             except Exception as exc:
                 raise ConversionError(f"ONNX export of {FILES[kind]} failed: {exc}") from exc
         diff = check_onnx(kind, network, tmp)
-        if not diff < EXPORT_CHECK_TOLERANCE:
-            raise ConversionError(
-                f"ONNX export of {FILES[kind]} differs from PyTorch by {diff:.2e} "
-                f"(limit {EXPORT_CHECK_TOLERANCE:.0e}); not installing it"
-            )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the model is no secret
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, onnx_path)
+        publish_export(tmp, onnx_path, diff, FILES[kind])
         log.info("exported %s -> %s (max diff %.1e)", FILES[kind], onnx_path.name, diff)
         return diff
     finally:

@@ -75,6 +75,30 @@ def staging_file(onnx_path: Path) -> Path:
     return Path(name)
 
 
+# The largest difference from PyTorch an ONNX export may show on the check inputs to be installed.
+EXPORT_CHECK_TOLERANCE = 1e-4
+
+
+def publish_export(staged: Path, onnx_path: Path, diff: float, source: str) -> None:
+    """Move a checked export from its staging file into place, readable by all (mkstemp makes it 0600; a
+    model is no secret) and synced; ConversionError when `diff` reaches the tolerance or the folder
+    refuses."""
+    if not diff < EXPORT_CHECK_TOLERANCE:
+        raise ConversionError(
+            f"ONNX export of {source} differs from PyTorch by {diff:.2e} "
+            f"(limit {EXPORT_CHECK_TOLERANCE:.0e}); not installing it"
+        )
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o666 & ~umask)
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staged, onnx_path)
+    except OSError as exc:
+        raise ConversionError(f"cannot write {onnx_path}: {exc.strerror or exc}") from None
+
+
 def device_label(provider: str, device_id: int = 0) -> str:
     """What a job report calls the device a session's first provider runs on ("cuda:0", "cpu")."""
     labels = {"CUDAExecutionProvider": f"cuda:{device_id}", "CPUExecutionProvider": "cpu"}
@@ -124,3 +148,21 @@ def open_session(onnx_path: Path, device: str, device_id: int = 0, cpu_threads: 
     else:
         log.info("%s runs on %s", onnx_path.name, actual)
     return session
+
+
+def check_session(model: Path, *, log_severity: int = 3) -> InferenceSession:
+    """A plain CPU session for a check: an export's parity with PyTorch, `nstd models verify`. ONNX Runtime's
+    own error propagates (the caller words it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = log_severity
+    return ort.InferenceSession(str(model), options, providers=provider_list("cpu"))
+
+
+def probe_session(model: bytes) -> InferenceSession:
+    """`nstd doctor`'s probe: the providers a `cuda` engine would ask for, with the same options, so its
+    answer (which provider loads, and why not) is the engines'. ONNX Runtime's error propagates."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, providers=provider_list("cuda"))

@@ -22,7 +22,7 @@ from nst_daemon.bot.context import Services
 from nst_daemon.bot.images import ImageRef, image_ref
 from nst_daemon.bot.routers.nst_flow import begin_with_content
 from nst_daemon.bot.states import Nst, Quick
-from nst_daemon.config import CYCLEGAN_STYLES
+from nst_daemon.style_catalog import engine_for_style, style_keys
 
 IMAGE = F.photo | F.document
 NST_CAPTIONS = ("nst", "multistylenst", "multistyle")
@@ -44,8 +44,9 @@ async def start_style(
 ) -> None:
     """A built-in style's job, or a named style's (looked up now: one added since works at once, one
     removed since is refused in one line)."""
-    named = None if style in CYCLEGAN_STYLES else services.named_style(style, user_id)
-    if style not in CYCLEGAN_STYLES and named is None:
+    builtin = style in style_keys(services.settings)
+    named = None if builtin else services.named_style(style, user_id)
+    if not builtin and named is None:
         text = texts.UNKNOWN_STYLE.format(style=style, styles=styles_inline(services, user_id))
         await bot.send_message(chat_id=chat_id, text=text)
         return
@@ -53,7 +54,7 @@ async def start_style(
         bot,
         user_id=user_id,
         chat_id=chat_id,
-        engine="cyclegan",
+        engine=engine_for_style(style, services.settings) or "cyclegan",
         style=style,
         content=ref,
         reply_to=reply_to,
@@ -64,14 +65,16 @@ async def start_style(
 def known_style(services: Services, text: str, user_id: int) -> str | None:
     """The style `text` names for this user (a built-in or a named style), in its one spelling."""
     style = texts.normalize_style(text)
-    if style in CYCLEGAN_STYLES:
+    if style in style_keys(services.settings):
         return style
     named = services.named_style(style, user_id)
     return named.name if named else None
 
 
 def style_buttons(services: Services, user_id: int) -> Any:
-    return keyboards.styles_keyboard([style.name for style in services.named_styles(user_id)])
+    return keyboards.styles_keyboard(
+        services.settings, [style.name for style in services.named_styles(user_id)]
+    )
 
 
 async def _remember_album(
@@ -141,7 +144,7 @@ async def photo(
 
 def styles_inline(services: Services, user_id: int) -> str:
     named = [style.name for style in services.named_styles(user_id)]
-    return ", ".join([texts.styles_inline(), *named])
+    return ", ".join([texts.styles_inline(services.settings), *named])
 
 
 async def _add_to_question(
@@ -184,7 +187,7 @@ async def choose_style(
     current = await state.get_state()
     data = await state.get_data()
     pending = [ImageRef.from_dict(item) for item in data.get("photos", [])]
-    name = texts.NST_NAME if style == keyboards.NST else texts.style_name(style)
+    name = texts.NST_NAME if style == keyboards.NST else texts.style_name(style, services.settings)
 
     if current == Quick.choosing_style.state and pending:
         if message is not None and message.message_id == data.get("ask_id"):

@@ -29,7 +29,9 @@ async def styles(message: Message, services: Services, bot: Bot) -> None:
     assert message.from_user is not None
     user_id = message.from_user.id
     named = [(style.name, style.engine) for style in services.named_styles(user_id)]
-    await message.answer(texts.styles_text(named), reply_markup=style_buttons(services, user_id))
+    await message.answer(
+        texts.styles_text(services.settings, named), reply_markup=style_buttons(services, user_id)
+    )
     try:
         sheet = await style_sheet_jpeg(services, user_id)
     except Exception as exc:  # the list and the buttons are there; the picture is a bonus
