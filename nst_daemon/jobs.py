@@ -27,7 +27,7 @@ import sqlite_utils
 from nst_daemon import db as database
 from nst_daemon import imaging, job_rows
 from nst_daemon.config import Settings
-from nst_daemon.errors import Cancelled, DiskFull, NstdError, is_disk_full
+from nst_daemon.errors import Cancelled, ClusterUnavailable, DiskFull, NstdError, is_disk_full
 from nst_daemon.job_model import (
     ACTIVE_STATES,
     ACTIVE_WHERE,
@@ -313,7 +313,8 @@ class JobQueue:
         while not self._stopping:
             try:
                 # Shutting down: the running job may finish, no other one starts.
-                job = await self._write(job_rows.claim_next) if self._accepting else None
+                ready = self._accepting and await self._runner_ready()
+                job = await self._write(job_rows.claim_next) if ready else None
             except (DatabaseBusy, DiskFull) as exc:  # neither is the end of the daemon: wait it out
                 log.warning("the worker cannot take the next job (%s); trying again", exc)
                 with contextlib.suppress(TimeoutError):
@@ -331,6 +332,11 @@ class JobQueue:
                 self._running = None
                 self._last_used = time.monotonic()
                 self._worker_idle.set()
+
+    async def _runner_ready(self) -> bool:
+        """A runner whose engines run on a cluster may not reach them: its jobs then wait queued."""
+        ready = getattr(self.runner, "ready", None)
+        return ready is None or await asyncio.to_thread(ready)
 
     async def _run_one(self, job: Job) -> None:
         cancel = threading.Event()
@@ -365,6 +371,11 @@ class JobQueue:
             await self._finish(done, background=True)
             await self._write_report(done, {"error": "cancelled"})
             return
+        except ClusterUnavailable as exc:
+            # Not the job's fault: it waits queued, its attempts unchanged, until the cluster is back.
+            log.warning("job %s: %s; it stays queued", job.id, exc)
+            await self._update(job.id, {"state": "queued", "progress": 0.0})
+            return
         except NstdError as exc:
             if _engine_died(exc):
                 await self._engine_died(job, exc, traceback.format_exc())
@@ -378,7 +389,8 @@ class JobQueue:
         seconds = time.monotonic() - started
         output_key = f"{job.prefix}result.jpg"
         data = await asyncio.to_thread(result.encoded)
-        if not await self._put_waiting(output_key, data, "image/jpeg"):
+        stored = result.stored_key == output_key
+        if not stored and not await self._put_waiting(output_key, data, "image/jpeg"):
             # Shut down while the disk was full: the job runs again at the next start.
             await self._update(job.id, {"state": "queued", "progress": 0.0})
             return
@@ -416,11 +428,12 @@ class JobQueue:
             log.warning("job %s: out of memory at %d px; trying once more at %d px", job.id, side, smaller)
             await self._requeue(job, attempts, params)
             return
-        if attempts >= MAX_ATTEMPTS:
+        allowed = getattr(self.runner, "max_attempts", MAX_ATTEMPTS)
+        if attempts >= allowed:
             message = f"{exc.message} (the engine crashed {attempts} times on this job)"
             await self._fail(job, message, trace, attempts=attempts)
             return
-        log.warning("job %s: %s; queued again (attempt %d of %d)", job.id, exc, attempts + 1, MAX_ATTEMPTS)
+        log.warning("job %s: %s; queued again (attempt %d of %d)", job.id, exc, attempts + 1, allowed)
         await self._requeue(job, attempts, job.params)
 
     async def _requeue(self, job: Job, attempts: int, params: dict[str, Any]) -> None:
@@ -445,6 +458,8 @@ class JobQueue:
 
     def _read_and_run(self, job: Job, progress: ProgressFn, cancel: threading.Event) -> RunResult:
         # One trip to a worker thread for both: each trip waits for the loop's thread to let go of the GIL.
+        if getattr(self.runner, "reads_store", False):  # its engines read the inputs by key themselves
+            return self.runner.run(job, b"", [], progress, cancel)
         content, *styles = [self._get_bytes(key) for key in job.input_keys]
         return self.runner.run(job, content, styles, progress, cancel)
 
