@@ -135,7 +135,9 @@ def test_a_local_store_is_refused_for_a_cluster_of_several_nodes() -> None:
     assert "the cluster has 2 nodes" in store_problem(joined, nodes=2)
     assert store_problem(joined, nodes=1) == ""
     assert store_problem(Settings.model_validate({"cluster": {"backend": "ray"}})) == ""
-    s3 = Settings.model_validate({"cluster": {"backend": "ray", "address": "auto"}, "store": {"backend": "s3"}})
+    s3 = Settings.model_validate(
+        {"cluster": {"backend": "ray", "address": "auto"}, "store": {"backend": "s3"}}
+    )
     assert store_problem(s3, nodes=3) == ""
 
 
