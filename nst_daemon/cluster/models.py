@@ -31,11 +31,14 @@ CHUNK = 1 << 20
 
 
 class ModelDigestMismatch(NstdError):
-    def __init__(self, name: str, path: str, expected: str, got: str) -> None:
-        super().__init__(
-            f"model {name}: {path} in the store does not match its digest (expected sha256 {expected[:12]}…, "
-            f"got {got[:12]}…); refusing to run it: publish it again from the head (restart nstd)"
-        )
+    """A model file fetched from the store is not the one the head published."""
+
+
+def digest_mismatch(name: str, path: str, expected: str, got: str) -> ModelDigestMismatch:
+    return ModelDigestMismatch(
+        f"model {name}: {path} in the store does not match its digest (expected sha256 {expected[:12]}…, "
+        f"got {got[:12]}…); refusing to run it: publish it again from the head (restart nstd)"
+    )
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class ModelCache:
         got = hasher.hexdigest()
         if got != digest:
             tmp.unlink(missing_ok=True)
-            raise ModelDigestMismatch(name, relative, digest, got)
+            raise digest_mismatch(name, relative, digest, got)
         os.replace(tmp, path)
         self._checked.add(digest)
         log.info("model %s: fetched %s (%s)", name, relative, digest[:12])

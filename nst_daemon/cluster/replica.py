@@ -17,6 +17,7 @@ from typing import Any
 
 from nst_daemon.cluster.models import ModelCache, PublishedModel, models_for
 from nst_daemon.config import Settings
+from nst_daemon.errors import NstdError
 from nst_daemon.job_model import Job
 from nst_daemon.store import get_bytes, object_exists, open_store, put_bytes
 
@@ -59,10 +60,15 @@ class EngineReplica:
         if object_exists(self.store, self.bucket, key):
             return {"key": key, "report": {}, "pid": os.getpid(), "reused": True}
         started = time.monotonic()
-        self.models.ensure(models_for(job.engine, job.styles))
-        content, *styles = [get_bytes(self.store, self.bucket, name) for name in job.input_keys]
-        # Progress stays start and end (the daemon reports those); cancel arrives as Ray's cancellation.
-        result = self.runner.run(job, content, styles, lambda *_: None, threading.Event())
+        try:
+            self.models.ensure(models_for(job.engine, job.styles))
+            content, *styles = [get_bytes(self.store, self.bucket, name) for name in job.input_keys]
+            # Progress stays start and end (the daemon reports those); cancel arrives as Ray's cancellation.
+            result = self.runner.run(job, content, styles, lambda *_: None, threading.Event())
+        except NstdError as exc:
+            # Its message is for the user; as a plain NstdError it crosses Ray whatever its subclass's
+            # constructor takes.
+            raise NstdError(exc.message) from None
         put_bytes(self.store, self.bucket, key, result.encoded(), "image/jpeg")
         report = {**result.report, "replica_seconds": round(time.monotonic() - started, 3)}
         return {"key": key, "report": report, "pid": os.getpid(), "reused": False}

@@ -128,7 +128,7 @@ class RayRunner:
         if ray.is_initialized():
             ray.shutdown()
 
-    def _handle(self, engine: str) -> Any:
+    def handle(self, engine: str) -> Any:
         """The engine's deployment handle, deploying (or updating) its application on first use."""
         with self._lock:
             if not self._connected:
@@ -185,7 +185,7 @@ class RayRunner:
         if job.engine not in ENGINES:
             raise NstdError(f"unknown engine {job.engine!r}")
         progress(0.0)
-        reply = self._call(self._handle(job.engine), job, cancel)
+        reply = self._call(self.handle(job.engine), job, cancel)
         progress(1.0)
         return self._stored(reply["key"], {**reply["report"], "replica_pid": reply["pid"]})
 
