@@ -32,7 +32,7 @@ import nst_daemon
 from nst_daemon import download
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError, describe_failure
-from nst_daemon.fsutil import ensure_dir, fsync_dir
+from nst_daemon.fsutil import ensure_dir, fsync_dir, sha256_file
 from nst_daemon.manifest import MANIFEST_NAME, InstalledModel, read_manifest, write_manifest
 from nst_daemon.wording import plural
 
@@ -723,11 +723,7 @@ def _check_onnx_loads(path: Path) -> str | None:
 
 
 def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    return sha256_file(path, _HASH_CHUNK)
 
 
 # --- list ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ by nstd's own converter (tests/checkpoints.py), so the compute is that of the re
 
 Rows:
 - latency: N jobs one after another through the job queue (submit to done, inputs and result through the
-  store), with the local engine process and with one warm Ray replica; the difference is what Ray adds;
+  store), the local engine process and one warm Ray replica taking turns; the difference is what Ray adds;
 - throughput: N jobs sent at once to the runner with 1 and then 2 warm replicas (the daemon's queue runs
   one job at a time; a second daemon worker, or several daemons on one cluster, is what would use 2);
 - first result from zero replicas: a deployment with min_replicas = 0 and an empty model cache, the time of
@@ -80,23 +80,27 @@ def make_queue(settings: Any, runner: Any) -> Any:
     )
 
 
-async def sequential_latency(settings: Any, runner: Any, count: int, side: int) -> list[float]:
-    """Seconds from submit to done for `count` jobs, one after another, the first (warm-up) left out."""
+async def alternating_latency(contenders: list[tuple[Any, Any]], count: int, side: int) -> list[list[float]]:
+    """Seconds from submit to done, per contender (settings, runner), for `count` jobs each sent one at a
+    time and alternating between the contenders, so that background load hits them alike; each one's
+    first (warm-up) job is left out. Each contender has its own database and bucket."""
     from nst_daemon.jobs import FINAL_STATES
 
-    queue = make_queue(settings, runner)
-    worker = asyncio.create_task(queue.run_worker())
-    seconds = []
+    queues = [make_queue(settings, runner) for settings, runner in contenders]
+    workers = [asyncio.create_task(queue.run_worker()) for queue in queues]
+    seconds: list[list[float]] = [[] for _ in queues]
     for _ in range(count + 1):
-        started = time.perf_counter()
-        (job,) = await submit_jobs(queue, 1, side)
-        while (current := queue.get(job.id)) is None or current.state not in FINAL_STATES:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        assert current.state == "done", current.error
-        seconds.append(time.perf_counter() - started)
-    await queue.shutdown(5)
-    await worker
-    return seconds[1:]
+        for queue, times in zip(queues, seconds, strict=True):
+            started = time.perf_counter()
+            (job,) = await submit_jobs(queue, 1, side)
+            while (current := queue.get(job.id)) is None or current.state not in FINAL_STATES:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            assert current.state == "done", current.error
+            times.append(time.perf_counter() - started)
+    for queue, worker in zip(queues, workers, strict=True):
+        await queue.shutdown(5)
+        await worker
+    return [times[1:] for times in seconds]
 
 
 def throughput(settings: Any, runner: Any, count: int, side: int) -> float:
@@ -123,6 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     side, count = (64, 3) if args.smoke else (args.side, args.jobs)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     from checkpoints import install_random_models
     from moto.server import ThreadedMotoServer
@@ -180,16 +185,18 @@ def run_rows(tmp: Path, endpoint: str, address: str, side: int, count: int) -> d
     from nst_daemon.engine_process import ProcessRunner
 
     settings = settings_for(tmp, endpoint, address, side, min_replicas=1, max_replicas=1)
-    local = ProcessRunner(settings)
-    try:
-        bc.log("latency: local engine process")
-        local_s = asyncio.run(sequential_latency(settings, local, count, side))
-    finally:
-        local.close()
+    local_settings = settings_for(tmp / "local", endpoint, address, side)
+    local_settings.paths.models_dir = settings.paths.models_dir
+    local_settings.store.bucket = "bench-local"
+    local = ProcessRunner(local_settings)
     ray_runner = RayRunner(settings)
     assert ray_runner.ready(), ray_runner.problem
-    bc.log("latency: one Ray replica")
-    ray_s = asyncio.run(sequential_latency(settings, ray_runner, count, side))
+    try:
+        bc.log("latency: the local engine process and one Ray replica, alternating")
+        contenders = [(local_settings, local), (settings, ray_runner)]
+        local_s, ray_s = asyncio.run(alternating_latency(contenders, count, side))
+    finally:
+        local.close()
 
     rates = {}
     for replicas in (1, 2):

@@ -128,6 +128,15 @@ class Harness:
         if self.worker is not None:
             await self.worker
 
+    async def complete(self, request: JobRequest) -> Job:
+        """Submit one job with the worker running; the job once final and delivered."""
+        self.start()
+        job = await self.queue.submit(request)
+        try:
+            return await self.wait_final(job.id)
+        finally:
+            await self.stop()
+
 
 def cyclegan(color: tuple[int, int, int]) -> JobRequest:
     return JobRequest(
@@ -145,13 +154,9 @@ def test_a_job_runs_on_a_replica_scaled_from_zero_and_its_result_is_at_the_fixed
 
     async def scenario() -> Job:
         harness = Harness(cluster)
-        harness.start()
-        job = await harness.queue.submit(cyclegan((200, 60, 30)))
-        done = await harness.wait_final(job.id)
-        await harness.stop()
-        assert harness.delivered == [
-            (job.id, get_bytes(harness.store, "nstd-ray", f"jobs/{job.id}/result.jpg"))
-        ]
+        done = await harness.complete(cyclegan((200, 60, 30)))
+        result = get_bytes(harness.store, "nstd-ray", f"jobs/{done.id}/result.jpg")
+        assert harness.delivered == [(done.id, result)]
         return done
 
     done = asyncio.run(scenario())
@@ -280,16 +285,8 @@ def test_a_tampered_model_in_the_store_is_refused_by_a_fresh_replica(cluster: Cl
         assert runner.ready(), runner.problem
         cluster_runner, cluster.runner = cluster.runner, runner
 
-        async def scenario() -> Job:
-            harness = Harness(cluster)
-            harness.start()
-            job = await harness.queue.submit(cyclegan((10, 10, 10)))
-            done = await harness.wait_final(job.id)
-            await harness.stop()
-            return done
-
         try:
-            failed = asyncio.run(scenario())
+            failed = asyncio.run(Harness(cluster).complete(cyclegan((10, 10, 10))))
         finally:
             cluster.runner = cluster_runner
     finally:

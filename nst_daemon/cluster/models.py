@@ -20,6 +20,7 @@ from typing import Any
 from nst_daemon.engines import NST_BACKBONE, STYLE_MODELS
 from nst_daemon.engines.adain import MODELS as ADAIN_MODELS
 from nst_daemon.errors import ModelNotInstalled, NstdError
+from nst_daemon.fsutil import sha256_file as file_digest
 from nst_daemon.fsutil import write_temporary
 from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
 from nst_daemon.store import object_exists
@@ -57,14 +58,6 @@ def models_for(engine: str, styles: list[str]) -> list[str]:
     if engine == "adain":
         return list(ADAIN_MODELS)
     return [NST_BACKBONE]
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def publish_models(store: Any, bucket: str, models_dir: Path) -> dict[str, PublishedModel]:
