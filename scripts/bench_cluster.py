@@ -142,7 +142,7 @@ def main() -> None:
     endpoint = f"http://{host}:{port}"
     cluster = RayCluster(num_cpus=4).start()
     os.environ.update(cluster.env)
-    results: dict[str, Any] = {"machine": bc.machine_info(), "side": side, "jobs": count}
+    results: dict[str, Any] = {"machine": bc.machine_info(), "smoke": args.smoke, "side": side, "jobs": count}
     try:
         results.update(run_rows(tmp, endpoint, cluster.address, side, count))
     finally:
