@@ -246,7 +246,7 @@ def test_a_replica_killed_mid_job_costs_one_attempt_and_the_job_completes_once(c
 
 def test_no_test_connection_leaves_loopback(cluster: Cluster) -> None:
     assert cluster.runner.ready()
-    ours = {os.getpid()} | session_pids(cluster.ray)
+    ours = {os.getpid()} | cluster.ray.session_pids()
     out = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True, check=True).stdout
     seen = 0
     for line in out.splitlines():
@@ -259,13 +259,6 @@ def test_no_test_connection_leaves_loopback(cluster: Cluster) -> None:
             host = address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
             assert host.startswith("127."), line
     assert seen > 0, "no connection of the cluster or this process was found: the check would prove nothing"
-
-
-def session_pids(ray: RayCluster) -> set[int]:
-    """The Ray processes of the test cluster: everything in the session `ray start` was given."""
-    assert ray.process is not None
-    out = subprocess.run(["ps", "-o", "pid=", "-s", str(ray.process.pid)], capture_output=True, text=True)
-    return {int(pid) for pid in out.stdout.split()}
 
 
 def test_a_tampered_model_in_the_store_is_refused_by_a_fresh_replica(cluster: Cluster) -> None:

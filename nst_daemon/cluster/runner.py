@@ -14,7 +14,9 @@ be reached, `ready()` is False and jobs wait queued.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -87,6 +89,9 @@ class RayRunner:
     def _connect(self) -> None:
         connection.probe(self.settings)
         connection.apply_token(self.cluster)
+        # Read when Ray is first imported: without it, a Ray call after `ray.shutdown` (Serve's handle
+        # routers push metrics every 30 s) quietly starts a private local Ray in the daemon's process.
+        os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
         import ray
         from ray import serve
 
@@ -124,6 +129,9 @@ class RayRunner:
         import ray
 
         self._connected = False
+        for handle in self._handles.values():
+            with contextlib.suppress(Exception):  # its router's threads; the cluster may be gone already
+                handle.shutdown()
         self._handles.clear()
         if ray.is_initialized():
             ray.shutdown()
