@@ -3,7 +3,6 @@ ONNX, rename into place, rewrite the manifest under its lock. Split from catalog
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from nst_daemon import download
 from nst_daemon.catalog_file import CatalogEntry
 from nst_daemon.engines import registry
 from nst_daemon.errors import NstdError, describe_failure
-from nst_daemon.fsutil import fsync_dir
+from nst_daemon.fsutil import fsync_dir, sha256_file
 from nst_daemon.manifest import InstalledModel, read_manifest, write_manifest
 
 LOCK_DIR = ".locks"
@@ -29,11 +28,7 @@ def _lock_path(models_dir: Path, file: str) -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    return sha256_file(path, _HASH_CHUNK)
 
 
 def _install(

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nst_daemon.errors import NstdError
 from nst_daemon.style_names import normalize_style
@@ -151,6 +159,46 @@ class StoreSettings(_Section):
     retention_days: float = Field(default=30.0, ge=0)
 
 
+class ClusterSettings(_Section):
+    """Where the engines run (docs/cluster.md). Ray is imported only with backend = "ray"."""
+
+    backend: Literal["local", "ray"] = "local"
+    # "" starts a private single-node Ray inside nstd; "auto" or "HOST:PORT" joins a running cluster.
+    address: str = ""
+    # Replicas per engine: with a minimum of 0 an idle cluster holds no GPU, and the first job starts one.
+    min_replicas: int = Field(default=0, ge=0, le=64)
+    max_replicas: int = Field(default=1, ge=1, le=64)
+    gpus_per_replica: float = Field(default=1.0, ge=0, le=8)
+    # A job that runs longer than this on a replica is abandoned and costs one attempt.
+    timeout_s: float = Field(default=900.0, gt=0)
+    # Runs a job may take in all: a replica or node lost mid-job, or a timeout, costs one.
+    attempts: int = Field(default=3, ge=1, le=20)
+    # A file holding Ray's cluster token (RAY_AUTH_TOKEN_PATH); unset: Ray's own lookup (RAY_AUTH_TOKEN,
+    # ~/.ray/auth_token). $CREDENTIALS_DIRECTORY is expanded.
+    auth_token_file: Path | None = None
+    # Where a replica keeps the models it fetched from the store; "" = ~/.cache/nstd/models.
+    model_cache: str = ""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "auto"):
+            return value
+        host, sep, port = value.removeprefix("ray://").rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError('expected "", "auto" or HOST:PORT')
+        return value
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ClusterSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
 class DaemonSettings(_Section):
     grace_period_s: float = Field(default=20.0, ge=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -169,6 +217,7 @@ class Settings(_Section):
     watch: WatchSettings = Field(default_factory=WatchSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     # Where the settings came from; not a config key.
     source: Path | None = Field(default=None, exclude=True)
@@ -357,7 +406,7 @@ def _environment_overrides(
 
 def _resolve_defaults(settings: Settings, base: Path) -> Settings:
     """Built-in relative defaults follow the same rule as values in the file."""
-    for section_name in ("paths", "watch", "store", "models", "telegram"):
+    for section_name in ("paths", "watch", "store", "models", "telegram", "cluster"):
         section = getattr(settings, section_name)
         for key in type(section).model_fields:
             value = getattr(section, key)

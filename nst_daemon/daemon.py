@@ -38,6 +38,18 @@ ABORT_WAIT_S = 0.5
 EXIT_FATAL = 1  # a background task died: exit non-zero, so Restart=on-failure starts nstd again
 
 
+def make_runner(settings: Settings) -> Runner:
+    """Where the engines run: a child process of this daemon, or Ray Serve replicas (cluster.backend)."""
+    if settings.cluster.backend == "ray":
+        # Imported only here: a daemon with backend = "local" never loads Ray.
+        from nst_daemon.cluster.runner import RayRunner
+
+        return RayRunner(settings)
+    from nst_daemon.engine_process import ProcessRunner
+
+    return ProcessRunner(settings)
+
+
 class Daemon:
     def __init__(self, settings: Settings, runner: Runner | None = None, notifier: Notifier | None = None):
         self.settings = settings
@@ -57,9 +69,7 @@ class Daemon:
         db = database.connect(settings.db_path)
         store = open_store(settings)
         if self._runner is None:
-            from nst_daemon.engine_process import ProcessRunner
-
-            self._runner = ProcessRunner(settings)
+            self._runner = make_runner(settings)
         self.queue = JobQueue(db, store, settings.store.bucket, settings, self._runner)
         if not await firstrun.pull_missing(settings, self.stop_event, self.notifier):
             return  # stopped during the download; serve() shuts down at once
@@ -173,7 +183,10 @@ class Daemon:
         assert self.queue is not None
         pending = self.queue.pending_count()
         running = self.queue.running_job_id
-        return f"{pending} job(s) queued or running" + (f"; running job {running}" if running else "")
+        line = f"{pending} job(s) queued or running" + (f"; running job {running}" if running else "")
+        # A cluster runner that cannot reach its engines says why (the jobs wait queued meanwhile).
+        problem = getattr(self._runner, "problem", "")
+        return f"{line}; waiting for the cluster: {problem}" if problem else line
 
     async def _status_loop(self) -> None:
         last = ""

@@ -93,6 +93,7 @@ def collect(config_path: Path | None) -> list[Check]:
         checks.append(guarded("models", lambda: check_models(settings)))
         checks.extend(guarded("folders", lambda: check_folders(settings), as_list=True))
         checks.append(guarded("free disk", lambda: check_disk(settings)))
+        checks.append(guarded("cluster", lambda: check_cluster(settings)))
     checks.append(guarded("systemd service", check_systemd))
     return [scrub(check, secrets) for check in checks]
 
@@ -256,6 +257,38 @@ def check_disk(settings: Settings) -> Check:
 
 
 # --- systemd ---
+
+
+# --- cluster ---
+
+
+def check_cluster(settings: Settings) -> Check:
+    """With cluster.backend = "ray": Ray installed, the head answering, a token, a store replicas can read.
+    It probes without joining (joining takes seconds); the daemon's start-up counts the nodes."""
+    cluster = settings.cluster
+    if cluster.backend == "local":
+        return ok("cluster", 'engines run on this machine (cluster.backend = "local")')
+    from nst_daemon.cluster import connection
+
+    where = cluster.address or "a private single-node Ray started by nstd"
+    try:
+        connection.probe(settings)
+    except NstdError as exc:
+        return error(
+            "cluster",
+            exc.message,
+            "start the head (`ray start --head`), check cluster.address and the firewall (docs/cluster.md)",
+        )
+    if problem := connection.store_problem(settings):
+        return error("cluster", problem, 'set [store] backend = "s3" with MinIO or S3 (docs/cluster.md)')
+    token = connection.token_source(cluster)
+    if cluster.address and not token:
+        return warning(
+            "cluster",
+            f"Ray at {where}; no Ray token found (Ray 2.60 asks for one by default)",
+            "copy the head's ~/.ray/auth_token and set cluster.auth_token_file (docs/cluster.md)",
+        )
+    return ok("cluster", f"Ray at {where}" + (f"; token from {token}" if token else ""))
 
 
 def systemd_state(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> tuple[str, str] | None:

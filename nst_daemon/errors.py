@@ -76,3 +76,7 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", "")) in DISK_FULL_S3_CODES
     return False
+
+
+class ClusterUnavailable(NstdError):
+    """The engines' cluster cannot be reached (cluster.backend = "ray"): jobs wait queued, none fails."""

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from nst_daemon.errors import NstdError
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file, read in chunks (model files are hundreds of MB)."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def ensure_dir(path: Path, what: str) -> Path:

@@ -139,11 +139,14 @@ class JobRequest:
 
 @dataclass
 class RunResult:
-    """An engine's output: the image, or (from the engine process) the image already encoded as JPEG."""
+    """An engine's output: the image, or (from the engine process) the image already encoded as JPEG.
+    `stored_key`: where the runner already stored that JPEG (a Ray replica writes `jobs/<id>/result.jpg`
+    itself), so the queue need not store it again."""
 
     image: Image.Image | None
     report: dict[str, Any]
     jpeg: bytes | None = None
+    stored_key: str | None = None
 
     def encoded(self) -> bytes:
         if self.jpeg is not None:
@@ -173,6 +176,13 @@ class Runner(Protocol):
     ) -> RunResult: ...
 
     def unload_idle(self, idle_s: float) -> list[str]: ...
+
+
+# Optional, read with getattr, on a runner whose engines run elsewhere (cluster/runner.py):
+# - `reads_store = True`: it reads a job's inputs from the store by `Job.input_keys` itself, so `run` gets
+#   no image bytes;
+# - `ready() -> bool`: False while its engines cannot be reached; jobs then stay queued;
+# - `max_attempts`: the runs a job may take before it fails, in place of the queue's default.
 
 
 Listener = Callable[[Job], Awaitable[None] | None]

@@ -120,6 +120,11 @@ def test_relative_path_from_environment_is_relative_to_cwd(isolated: Path) -> No
         ("[watch]\nenabled = 'maybe'\n", "watch.enabled"),
         ("queue = 3\n", "queue: expected a [queue] table"),
         ("[queue\n", "not valid TOML"),
+        ('[cluster]\nbackend = "slurm"\n', "cluster.backend: Input should be 'local' or 'ray'"),
+        ('[cluster]\naddress = "head"\n', 'cluster.address: expected "", "auto" or HOST:PORT'),
+        ('[cluster]\naddress = "head:99999"\n', 'cluster.address: expected "", "auto" or HOST:PORT'),
+        ("[cluster]\nmin_replicas = 3\nmax_replicas = 2\n", "min_replicas (3) is above max_replicas (2)"),
+        ("[cluster]\nattempts = 0\n", "cluster.attempts: Input should be greater than or equal to 1"),
     ],
 )
 def test_config_errors_name_file_and_key(isolated: Path, content: str, expected: str) -> None:

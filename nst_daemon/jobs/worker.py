@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from nst_daemon.backoff import PATIENT
-from nst_daemon.errors import Cancelled, DiskFull, NstdError, is_disk_full
+from nst_daemon.errors import Cancelled, ClusterUnavailable, DiskFull, NstdError, is_disk_full
 from nst_daemon.job_model import FINAL_STATES, DatabaseBusy, Job, ProgressFn, Runner, RunResult
 from nst_daemon.jobs.delivery import Delivery
 from nst_daemon.jobs.wiring import QueuePart, Shared
@@ -79,7 +79,8 @@ class Worker(QueuePart):
         while not self.life.stopping:
             try:
                 # Shutting down: the running job may finish, no other one starts.
-                job = await self.store.claim_next() if self.life.accepting else None
+                ready = self.life.accepting and await self._runner_ready()
+                job = await self.store.claim_next() if ready else None
             except (DatabaseBusy, DiskFull) as exc:  # neither is the end of the daemon: wait it out
                 log.warning("the worker cannot take the next job (%s); trying again", exc)
                 await self._nap(IDLE_POLL_S)
@@ -96,6 +97,11 @@ class Worker(QueuePart):
                 self.last_used = time.monotonic()
                 self.idle.set()
 
+    async def _runner_ready(self) -> bool:
+        """A runner whose engines run on a cluster may not reach them: its jobs then wait queued."""
+        ready = getattr(self.runner, "ready", None)
+        return ready is None or await asyncio.to_thread(ready)
+
     async def _nap(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.life.wakeup.wait(), timeout=seconds)
@@ -110,6 +116,11 @@ class Worker(QueuePart):
             result = await asyncio.to_thread(self._read_and_run, job, self._progress_fn(job.id), cancel)
         except Cancelled:
             await self._cancelled(job)
+            return
+        except ClusterUnavailable as exc:
+            # Not the job's fault: it waits queued, its attempts unchanged, until the cluster is back.
+            log.warning("job %s: %s; it stays queued", job.id, exc)
+            await self.store.update(job.id, {"state": "queued", "progress": 0.0})
             return
         except NstdError as exc:
             if _engine_died(exc):
@@ -152,6 +163,8 @@ class Worker(QueuePart):
 
     def _read_and_run(self, job: Job, progress: ProgressFn, cancel: threading.Event) -> RunResult:
         # One trip to a worker thread for both: each trip waits for the loop's thread to let go of the GIL.
+        if getattr(self.runner, "reads_store", False):  # its engines read the inputs by key themselves
+            return self.runner.run(job, b"", [], progress, cancel)
         content, *styles = [self.objects.get(key) for key in job.input_keys]
         return self.runner.run(job, content, styles, progress, cancel)
 
@@ -169,7 +182,8 @@ class Worker(QueuePart):
     async def _done(self, job: Job, result: RunResult, seconds: float) -> None:
         output_key = f"{job.prefix}result.jpg"
         data = await asyncio.to_thread(result.encoded)
-        if not await self._put_waiting(output_key, data, "image/jpeg"):
+        stored = result.stored_key == output_key  # a cluster replica stored it already
+        if not stored and not await self._put_waiting(output_key, data, "image/jpeg"):
             # Shut down while the disk was full: the job runs again at the next start.
             await self.store.update(job.id, {"state": "queued", "progress": 0.0})
             return
@@ -207,11 +221,12 @@ class Worker(QueuePart):
             log.warning("job %s: out of memory at %d px; trying once more at %d px", job.id, side, smaller)
             await self._requeue(job, attempts, params)
             return
-        if attempts >= MAX_ATTEMPTS:
+        allowed = getattr(self.runner, "max_attempts", MAX_ATTEMPTS)
+        if attempts >= allowed:
             message = f"{exc.message} (the engine crashed {attempts} times on this job)"
             await self._fail(job, message, trace, attempts=attempts)
             return
-        log.warning("job %s: %s; queued again (attempt %d of %d)", job.id, exc, attempts + 1, MAX_ATTEMPTS)
+        log.warning("job %s: %s; queued again (attempt %d of %d)", job.id, exc, attempts + 1, allowed)
         await self._requeue(job, attempts, job.params)
 
     async def _requeue(self, job: Job, attempts: int, params: dict[str, Any]) -> None:
@@ -221,9 +236,10 @@ class Worker(QueuePart):
             await self.listeners.notify(queued)
 
     def _working_side(self, job: Job) -> int:
-        """The size the job ran at: its own `max_side`, else its engine's setting, as the runner reads it."""
-        engine = self.settings.cyclegan if job.engine == "cyclegan" else self.settings.nst
-        return int(job.params.get("max_side") or engine.max_side)
+        """The size the job ran at: its own `max_side`, else its engine's, as the pipeline reads it."""
+        from nst_daemon.engines import registry
+
+        return registry.get(job.engine).max_side(self.settings, job.params)
 
     async def _fail(self, job: Job, message: str, trace: str, *, attempts: int | None = None) -> None:
         values: dict[str, Any] = {"state": "failed", "error": message, "finished_at": time.time()}

@@ -5,7 +5,7 @@ get_object, head_object, list_objects_v2, delete_object, delete_objects, copy_ob
 picks the backend from configuration. Nothing here imports boto3 unless the s3 backend is chosen.
 """
 
-from nst_daemon.store.blobs import get_bytes, put_bytes
+from nst_daemon.store.blobs import get_bytes, object_exists, put_bytes
 from nst_daemon.store.errors import is_not_found
 from nst_daemon.store.factory import ensure_bucket, open_store
 from nst_daemon.store.local import LocalS3Client
@@ -17,6 +17,7 @@ __all__ = [
     "expire",
     "get_bytes",
     "is_not_found",
+    "object_exists",
     "open_store",
     "put_bytes",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nst_daemon.store.errors import is_not_found
+
 
 def put_bytes(
     client: Any,
@@ -27,3 +29,14 @@ def get_bytes(client: Any, bucket: str, key: str) -> bytes:
         return bytes(body.read())
     finally:
         body.close()
+
+
+def object_exists(client: Any, bucket: str, key: str) -> bool:
+    """Whether `key` is stored; other errors (no access, no bucket) are raised."""
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if is_not_found(exc):
+            return False
+        raise
+    return True
