@@ -707,7 +707,7 @@ def bench_preview(pairs: int, side: int, preset: str) -> dict[str, Any]:
 
     from nst_daemon.config import Settings
     from nst_daemon.engine_process import ProcessRunner
-    from nst_daemon.runner import PREVIEW_EVERY_S
+    from nst_daemon.engines.nst_plugin import PREVIEW_EVERY_S
 
     with tempfile.TemporaryDirectory(prefix="nstd-bench-preview-") as tmp:
         root = Path(tmp)

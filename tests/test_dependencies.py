@@ -26,8 +26,10 @@ def imported_top_level_modules() -> set[str]:
 
 def declared_distributions() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    # The runtime extras count: ONNX Runtime comes as onnxruntime or onnxruntime-gpu (same module).
-    specs = [*project["dependencies"], *project["optional-dependencies"]["cpu"]]
+    # The runtime extras count: ONNX Runtime comes as onnxruntime or onnxruntime-gpu (same module), Ray
+    # only with the cluster backend (nst_daemon/cluster/ imports it when `backend = "ray"`).
+    extras = project["optional-dependencies"]
+    specs = [*project["dependencies"], *extras["cpu"], *extras["ray"]]
     return {normalize(re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0]) for spec in specs}
 
 

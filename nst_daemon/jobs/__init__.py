@@ -95,7 +95,6 @@ class JobQueue:
         self.store = store
         self.bucket = bucket
         self.settings = settings
-        self.runner = runner
         self.job_store = JobStore(db)
         self.life = Lifecycle()
         self.listeners = Listeners()
@@ -104,6 +103,15 @@ class JobQueue:
         self.intake = Intake(shared)
         self.worker = Worker(shared, runner, self.delivery)
         self.housekeeping = Housekeeping(shared, runner, self.worker, self.delivery)
+
+    @property
+    def runner(self) -> Runner:
+        return self.worker.runner
+
+    @runner.setter
+    def runner(self, runner: Runner) -> None:
+        """Swapping the runner (tests, benchmarks) swaps it for the parts that call it."""
+        self.worker.runner = self.housekeeping.runner = runner
 
     # --- reading ---
 
