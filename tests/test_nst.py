@@ -115,13 +115,15 @@ def test_a_scale_never_stops_while_the_best_loss_still_falls_fast() -> None:
     assert not converged(slow, window=10, tolerance=0.0)
 
 
-def test_early_stopping_in_a_real_run_ends_only_where_improvement_fell_under_the_tolerance(
-    engine: NSTEngine, content, styles
+@pytest.mark.parametrize("preset", ["fast", "balanced", "best"])
+def test_a_presets_stop_rule_in_a_real_run_ends_only_where_improvement_fell_under_its_tolerance(
+    engine: NSTEngine, content, styles, preset: str
 ) -> None:
-    options = replace(TINY, max_steps=150, tolerance=0.05, window=5)
+    rule = PRESETS[preset]
+    options = replace(TINY, max_steps=400, tolerance=rule.tolerance, window=rule.window)
     result = engine.stylize(content, styles[:1], options=options)
     losses = result.losses
-    assert result.stopped_early == [True] and len(losses) < 150
+    assert result.stopped_early == [True] and len(losses) < 400
     # Every earlier step still improved by at least the tolerance; the last one did not.
     assert not any(converged(losses[:n], options.window, options.tolerance) for n in range(1, len(losses)))
     assert converged(losses, options.window, options.tolerance)
@@ -289,6 +291,12 @@ def test_presets_and_overrides() -> None:
     for preset in PRESETS.values():
         assert len(preset.steps_per_scale()) == len(preset.scales) and preset.scales[-1] == 1.0
     assert sum(PRESETS["fast"].steps_per_scale()) < sum(PRESETS["balanced"].steps_per_scale())
+    # best waits longer for a new best than balanced, and balanced longer than fast
+    assert [PRESETS[name].tolerance for name in ("fast", "balanced", "best")] == sorted(
+        (PRESETS[name].tolerance for name in PRESETS), reverse=True
+    )
+    # The tutorial recipe keeps torch's L-BFGS lr; the presets' lower default does not leak into it.
+    assert REFERENCE_RECIPES["tutorial"].learning_rate == 1.0
     with pytest.raises(NstdError, match="unknown NST preset"):
         NSTOptions.from_preset("ultra")
     with pytest.raises(ValueError, match="pool1"):
