@@ -5,6 +5,7 @@ set to each of their loss definitions (c), in one process, on the same images, w
     .venv/bin/python scripts/bench_nst.py --sizes 256      # the CPU size: about 16 min on 2 cores
     .venv/bin/python scripts/bench_nst.py --sizes 256,512  # the GPU default
     .venv/bin/python scripts/bench_nst.py --levers         # also the per-lever measurements
+    .venv/bin/python scripts/bench_nst.py --presets fast,best  # stock rows for fast and best too
 
 (a) and (b) are standalone re-implementations with their own network and loop, written from the original
 bot's recipe and the tutorial's `run_style_transfer` (docs/benchmarks.md); they share nothing with nstd's
