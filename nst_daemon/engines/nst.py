@@ -343,15 +343,22 @@ class NSTEngine:
             return loss
 
         stopped_early = False
+        restarted_at = 0  # the step count at the last restart: steps since then count as stalled
         try:
             while evaluated < max_steps:
                 optimizer.step(closure)
                 with torch.no_grad():
                     # Projected steps keep every pixel a valid colour without a squashing reparametrization.
                     image.clamp_(0, 1)
-                    if options.restart_above is not None and losses[-1] > options.restart_above * best_loss:
+                    blown = (
+                        options.restart_above is not None and losses[-1] > options.restart_above * best_loss
+                    )
+                    since = len(losses) - 1 - max(losses.index(min(losses)), restarted_at)
+                    stalled = options.restart_after is not None and since >= options.restart_after
+                    if blown or stalled:
                         image.copy_(best)
                         optimizer = new_optimizer()
+                        restarted_at = len(losses)
                 if converged(losses, options.window, options.tolerance):
                     stopped_early = evaluated < max_steps
                     break

@@ -59,6 +59,9 @@ class NSTOptions:
     # loss exceeds `restart_above` x the best so far, the image goes back to the best one and the curvature
     # history is dropped. None: never restart.
     restart_above: float | None = None
+    # After this many steps without a new best loss, the same restart: L-BFGS can stay lost uphill for
+    # hundreds of steps (docs/benchmarks.md). None: never.
+    restart_after: int | None = None
     scales: tuple[float, ...] = (0.5, 1.0)
     max_steps: int | tuple[int, ...] = (200, 300)
     # Early stopping (nst_schedule.converged): a scale ends when its best loss improved by less than 1 %
