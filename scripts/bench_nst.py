@@ -67,6 +67,7 @@ OPTIMIZATION_FIELDS = (
     "lr",
     "lbfgs_history",
     "restart_above",
+    "restart_after",
     "scales",
     "max_steps",
     "tolerance",
@@ -80,6 +81,7 @@ NSTD_TUNED: dict[str, Any] = {
     "max_steps": (100, 100_000),
     "tolerance": 0.0,
     "restart_above": None,
+    "restart_after": None,
 }
 
 
@@ -645,6 +647,7 @@ WHOLE_RUN_LEVERS: tuple[tuple[str, dict[str, Any], bool], ...] = (
     ("stock balanced", {}, False),
     ("L-BFGS lr 1 (the old stock lr)", {"lr": 1.0}, False),
     ("restart from the best image after a loss above 2x the best", {"restart_above": 2.0}, False),
+    ("no restart after 10 steps without a new best", {"restart_after": None}, False),
     ("L-BFGS history 100 (neural-style-pt; stock 20)", {"lbfgs_history": 100}, False),
     ("sizes growing by sqrt 2 (crowsonkb): scales 0.5, 0.71, 1.0", {"scales": (0.5, 0.7071, 1.0)}, False),
     ("Adam lr 0.02 (crowsonkb, without the EMA)", {"optimizer": "adam", "lr": 0.02}, False),

@@ -140,6 +140,24 @@ def test_a_blow_up_restarts_from_the_best_image(engine: NSTEngine, content, styl
         assert result.losses[n + 1] == pytest.approx(min(result.losses[: n + 1]), rel=1e-5)
 
 
+def test_a_stall_restarts_from_the_best_image(engine: NSTEngine, content, styles) -> None:
+    # lr 50 makes L-BFGS wander uphill; after 3 steps without a new best, the next step starts from the best.
+    options = replace(TINY, lr=50.0, max_steps=30, restart_after=3)
+    losses = engine.stylize(content, styles[:1], options=options).losses
+    restarts = 0
+    since = 0  # steps since the last new best or restart
+    for n in range(1, len(losses)):
+        best = min(losses[:n])
+        if since >= 3:  # a restart happened before step n: it evaluates the best image again
+            assert losses[n] == pytest.approx(best, rel=1e-5)
+            restarts, since = restarts + 1, 0
+        elif losses[n] < best:
+            since = 0
+        else:
+            since += 1
+    assert restarts, "lr 50 should stall at least once"
+
+
 def test_coarse_to_fine_runs_every_scale(engine: NSTEngine, content, styles) -> None:
     options = replace(TINY, max_side=48, scales=(0.5, 1.0), max_steps=(6, 4), min_side=16)
     seen: list[NSTProgress] = []

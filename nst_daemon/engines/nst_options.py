@@ -60,8 +60,8 @@ class NSTOptions:
     # history is dropped. None: never restart.
     restart_above: float | None = None
     # After this many steps without a new best loss, the same restart: L-BFGS can stay lost uphill for
-    # hundreds of steps (docs/benchmarks.md). None: never.
-    restart_after: int | None = None
+    # hundreds of steps (docs/benchmarks.md, "Why stock balanced misses (a) at 128²"). None: never.
+    restart_after: int | None = 10
     scales: tuple[float, ...] = (0.5, 1.0)
     max_steps: int | tuple[int, ...] = (200, 300)
     # Early stopping (nst_schedule.converged): a scale ends when its best loss improved by less than 1 %
@@ -181,6 +181,7 @@ REFERENCE_RECIPES: dict[str, NSTOptions] = {
         scales=(1.0,),
         max_steps=1500,  # 50 epochs of 30 steps
         tolerance=0.0,  # its own stop rule (5 epochs without a new best) is not a relative tolerance
+        restart_after=None,
         window=150,
     ),
     "tutorial": NSTOptions(
@@ -195,5 +196,6 @@ REFERENCE_RECIPES: dict[str, NSTOptions] = {
         scales=(1.0,),
         max_steps=300,
         tolerance=0.0,
+        restart_after=None,
     ),
 }
