@@ -25,6 +25,7 @@ from nst_daemon.engines.nst import (
     scale_sizes,
     style_mix,
 )
+from nst_daemon.engines.nst_schedule import converged
 from nst_daemon.errors import NstdError
 
 # Shallow layers and tiny images keep every run well under a second of CPU per few steps.
@@ -90,6 +91,71 @@ def test_early_stopping_ends_before_the_cap(engine: NSTEngine, content, styles) 
     result = engine.stylize(content, styles[:1], options=options)
     assert result.steps < 200
     assert result.stopped_early == [True]
+
+
+def falling(start: float, rate: float, steps: int) -> list[float]:
+    """A loss that falls by `rate` (relative) per step."""
+    return [start * (1 - rate) ** n for n in range(steps)]
+
+
+def test_a_scale_never_stops_while_the_best_loss_still_falls_fast() -> None:
+    # 2 % per step is about 18 % over a window of 10: far above a 1 % tolerance at every prefix.
+    fast = falling(100.0, 0.02, 60)
+    assert not any(converged(fast[:n], window=10, tolerance=0.01) for n in range(1, 61))
+    # One uphill step (an L-BFGS step off the [0, 1] box) while the loss still falls fast: the best loss
+    # decides, so it does not end the scale. The last-loss rule this replaced stopped here.
+    spiked = [*fast[:30], 500.0]
+    assert not converged(spiked, window=10, tolerance=0.01)
+    # Slow: 0.05 % per step is 0.5 % over the window, under 1 %; flat or chaotic without a new best: stop.
+    slow = falling(100.0, 0.0005, 30)
+    assert converged(slow, window=10, tolerance=0.01)
+    assert converged([*fast[:20], *([fast[19] * 3] * 10)], window=10, tolerance=0.01)
+    # Not before a whole window has been seen, and never with tolerance 0.
+    assert not converged(slow[:10], window=10, tolerance=0.01)
+    assert not converged(slow, window=10, tolerance=0.0)
+
+
+@pytest.mark.parametrize("preset", ["fast", "balanced", "best"])
+def test_a_presets_stop_rule_in_a_real_run_ends_only_where_improvement_fell_under_its_tolerance(
+    engine: NSTEngine, content, styles, preset: str
+) -> None:
+    rule = PRESETS[preset]
+    options = replace(TINY, max_steps=400, tolerance=rule.tolerance, window=rule.window)
+    result = engine.stylize(content, styles[:1], options=options)
+    losses = result.losses
+    assert result.stopped_early == [True] and len(losses) < 400
+    # Every earlier step still improved by at least the tolerance; the last one did not.
+    assert not any(converged(losses[:n], options.window, options.tolerance) for n in range(1, len(losses)))
+    assert converged(losses, options.window, options.tolerance)
+
+
+def test_a_blow_up_restarts_from_the_best_image(engine: NSTEngine, content, styles) -> None:
+    # lr 50 makes L-BFGS overshoot; after each loss above 2x the best, the next step starts from the best.
+    options = replace(TINY, lr=50.0, max_steps=20, restart_above=2.0)
+    result = engine.stylize(content, styles[:1], options=options)
+    blown = [n for n, loss in enumerate(result.losses[:-1]) if loss > 2 * min(result.losses[: n + 1])]
+    assert blown, "lr 50 should overshoot at least once"
+    for n in blown:
+        # The step after a restart evaluates the best image so far again: its loss equals the best loss.
+        assert result.losses[n + 1] == pytest.approx(min(result.losses[: n + 1]), rel=1e-5)
+
+
+def test_a_stall_restarts_from_the_best_image(engine: NSTEngine, content, styles) -> None:
+    # lr 50 makes L-BFGS wander uphill; after 3 steps without a new best, the next step starts from the best.
+    options = replace(TINY, lr=50.0, max_steps=30, restart_after=3)
+    losses = engine.stylize(content, styles[:1], options=options).losses
+    restarts = 0
+    since = 0  # steps since the last new best or restart
+    for n in range(1, len(losses)):
+        best = min(losses[:n])
+        if since >= 3:  # a restart happened before step n: it evaluates the best image again
+            assert losses[n] == pytest.approx(best, rel=1e-5)
+            restarts, since = restarts + 1, 0
+        elif losses[n] < best:
+            since = 0
+        else:
+            since += 1
+    assert restarts, "lr 50 should stall at least once"
 
 
 def test_coarse_to_fine_runs_every_scale(engine: NSTEngine, content, styles) -> None:
@@ -243,6 +309,12 @@ def test_presets_and_overrides() -> None:
     for preset in PRESETS.values():
         assert len(preset.steps_per_scale()) == len(preset.scales) and preset.scales[-1] == 1.0
     assert sum(PRESETS["fast"].steps_per_scale()) < sum(PRESETS["balanced"].steps_per_scale())
+    # best waits longer for a new best than balanced, and balanced longer than fast
+    assert [PRESETS[name].tolerance for name in ("fast", "balanced", "best")] == sorted(
+        (PRESETS[name].tolerance for name in PRESETS), reverse=True
+    )
+    # The tutorial recipe keeps torch's L-BFGS lr; the presets' lower default does not leak into it.
+    assert REFERENCE_RECIPES["tutorial"].learning_rate == 1.0
     with pytest.raises(NstdError, match="unknown NST preset"):
         NSTOptions.from_preset("ultra")
     with pytest.raises(ValueError, match="pool1"):
