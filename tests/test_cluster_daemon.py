@@ -4,8 +4,10 @@ cannot be reached, and completes on a replica once it can; the store is a moto S
 from __future__ import annotations
 
 import importlib.util
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_until
@@ -123,3 +125,49 @@ def test_a_daemon_killed_mid_job_finds_the_replicas_result_at_restart_and_runs_n
     # Marked done from the stored result: the restarted daemon called no replica.
     assert '"reused": true' in get_bytes(store, "nstd-restart", "jobs/1/report.json").decode()
     assert "deployed nstd-cyclegan" not in daemon.log
+
+
+def replica_pid(store: Any, bucket: str, job_id: int) -> int:
+    return json.loads(get_bytes(store, bucket, f"jobs/{job_id}/report.json"))["replica_pid"]
+
+
+def test_a_worker_node_removed_mid_job_costs_one_attempt_and_the_job_completes_once_on_the_head(
+    daemon_config,
+    daemon_process,
+    moto_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    model_cache = tmp_path / "replica-cache"
+    with ray_cluster(num_cpus=1) as cluster:
+        # The head's only CPU is held, so the replica (one CPU) starts on the worker node.
+        holder = cluster.hold_cpus(1)
+        worker = cluster.add_node(num_cpus=1)
+        config = daemon_config(
+            watch={"enabled": True, "settle_s": 0.1},
+            store={"backend": "s3", "endpoint_url": moto_endpoint, "bucket": "nstd-node-lost"},
+            nst={"preset": "fast", "max_side": 160, "cpu_threads": 1},
+            cluster={
+                "backend": "ray",
+                "address": cluster.address,
+                "gpus_per_replica": 0,
+                "model_cache": str(model_cache),
+            },
+        )
+        settings = load_settings(config)
+        store = open_store(settings)
+        drop_photo(settings.watch.dir / "styles" / "brush.jpg", (96, 96))
+        daemon = daemon_process(config, env=cluster.env).start()
+        drop_photo(settings.watch.dir / "inbox" / "nst" / "harbour.jpg", (160, 120))
+        wait_until(lambda: replica_started_a_job(model_cache), 180, 0.02, "the job on a replica")
+        replicas_on_worker = worker.session_pids()
+        worker.stop()  # the worker leaves mid-job ...
+        holder.stop()  # ... and the head has a CPU for the replica that replaces it
+        outbox = settings.watch.dir / "outbox" / "nst"
+        wait_until(lambda: outbox.is_dir() and any(outbox.iterdir()), 240, 0.2, "the result in the outbox")
+        head = cluster.session_pids()
+        assert daemon.stop(60) == 0
+    assert job_states(settings.db_path) == [("done", 1)]
+    assert len(list(outbox.iterdir())) == 1
+    pid = replica_pid(store, "nstd-node-lost", 1)
+    assert pid in head and pid not in replicas_on_worker
+    assert "the Ray replica was lost mid-job" in daemon.log
