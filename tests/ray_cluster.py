@@ -25,6 +25,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT_S = 90.0
+NODE_PORTS = (
+    "ray-client-server",
+    "node-manager",
+    "object-manager",
+    "dashboard-agent-listen",
+    "dashboard-agent-grpc",
+    "runtime-env-agent",
+    "metrics-export",
+)
+# Run by `RayCluster.hold_cpus` as its own driver: argv = address, CPUs.
+HOLD_CPUS = """
+import sys, threading, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+holder = ray.remote(num_cpus=float(sys.argv[2]))(type("CpuHolder", (), {"ready": lambda self: True})).remote()
+ray.get(holder.ready.remote())
+print("holding", flush=True)
+threading.Event().wait()
+"""
+# `ray start --address` on loopback: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which keeps every Ray
+# process on 127.0.0.1) the CLI refuses to join a node, and with 1 it swaps 127.0.0.1 in the head's address
+# for the machine's own address, where the head does not listen. So the CLI runs here with the first
+# check passed and the swap left out; the node's own processes keep the variable at 0.
+JOIN_ON_LOOPBACK = [
+    sys.executable,
+    "-c",
+    "import sys; from ray._private import ray_constants, services; "
+    "ray_constants.ENABLE_RAY_CLUSTER = True; services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()",
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +83,74 @@ def port_open(port: int) -> bool:
     return False
 
 
+def node_options(num_cpus: int) -> list[str]:
+    """Options every node of a test cluster gets: loopback, no GPU, and a free port for each of its servers
+    (two nodes on one machine must not both take Ray's fixed defaults)."""
+    return [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        *(f"--{name}-port={free_port()}" for name in NODE_PORTS),
+    ]
+
+
+def spawn_node(
+    options: list[str], env: dict[str, str], log_path: Path, command: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    ray = command or [str(Path(sys.executable).with_name("ray"))]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [*ray, "start", *options],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it ends exactly what it started
+        )
+
+
+def session_pids(process: subprocess.Popen[bytes]) -> set[int]:
+    listing = subprocess.run(["ps", "-o", "pid=", "-s", str(process.pid)], capture_output=True, text=True)
+    return {int(pid) for pid in listing.stdout.split()}
+
+
+def kill_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to every process of a node (the CLI, GCS, raylet, workers, replicas): nothing in a test
+    cluster needs a graceful end, and a SIGTERM'd node takes seconds to stop its children."""
+    for pid in session_pids(process) - {process.pid}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+@dataclass
+class ProcessGroup:
+    """A worker node (`RayCluster.add_node`) or a driver (`RayCluster.hold_cpus`) in a session of its own."""
+
+    process: subprocess.Popen[bytes]
+
+    def session_pids(self) -> set[int]:
+        return session_pids(self.process)
+
+    def wait_joined(self, log_path: Path) -> None:
+        """Until `ray start` says the node runs: it has registered with the head by then."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "Ray runtime started" not in log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                output = log_path.read_text(errors="replace")[-3000:]
+                self.stop()
+                raise RuntimeError(f"the worker node did not join:\n{output}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Gone at once: a node as if its machine lost power (its raylet never says goodbye)."""
+        if self.process.poll() is None or self.session_pids():
+            kill_session(self.process)
+
+
 @dataclass
 class RayCluster:
     """A head node started by `start()`; `address` is HOST:PORT for `cluster.address`."""
@@ -64,6 +161,7 @@ class RayCluster:
     process: subprocess.Popen[bytes] | None = None
     temp_dir: Path | None = None
     log_path: Path | None = None
+    nodes: list[ProcessGroup] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -77,31 +175,8 @@ class RayCluster:
         # Short and unique: Ray puts its sockets under <temp_dir>/session_*/sockets/.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
         self.log_path = self.temp_dir / "head.log"
-        ray = Path(sys.executable).with_name("ray")
-        command = [
-            str(ray),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={self.port}",
-            f"--temp-dir={self.temp_dir}",
-            f"--num-cpus={self.num_cpus}",
-            "--num-gpus=0",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--ray-client-server-port={free_port()}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-        ]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() ends exactly what it started
-            )
+        head = ["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", "--include-dashboard=false"]
+        self.process = spawn_node([*head, *node_options(self.num_cpus)], self.env, self.log_path)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not port_open(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -111,25 +186,47 @@ class RayCluster:
             time.sleep(0.2)
         return self
 
-    def session_pids(self) -> set[int]:
-        """Every process of this cluster: all of them stay in the session `ray start` was given."""
-        if self.process is None:
-            return set()
-        listing = subprocess.run(
-            ["ps", "-o", "pid=", "-s", str(self.process.pid)], capture_output=True, text=True, check=False
+    def add_node(self, num_cpus: int = 1) -> ProcessGroup:
+        """A worker node joined to this head, in a process group of its own: `ProcessGroup.stop` removes it
+        as a machine that is switched off would leave."""
+        assert self.temp_dir is not None, "start the head first"
+        log_path = self.temp_dir / f"node-{len(self.nodes) + 1}.log"
+        options = [f"--address={self.address}", *node_options(num_cpus)]
+        node = ProcessGroup(spawn_node(options, self.env, log_path, command=JOIN_ON_LOOPBACK))
+        self.nodes.append(node)
+        node.wait_joined(log_path)
+        return node
+
+    def hold_cpus(self, num_cpus: int) -> ProcessGroup:
+        """A driver holding an actor of `num_cpus` CPUs until it is killed (its actor dies with it): with the
+        head's CPUs held, a replica has to go to another node."""
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_CPUS, self.address, str(num_cpus)],
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
-        return {int(pid) for pid in listing.stdout.split()}
+        assert holder.stdout is not None
+        if holder.stdout.readline() != b"holding\n":  # blocks until the actor runs, or the driver fails
+            kill_session(holder)
+            raise RuntimeError("the CPU holder did not start")
+        return ProcessGroup(holder)
+
+    def session_pids(self) -> set[int]:
+        """Every process of the head node: all of them stay in the session `ray start` was given."""
+        return session_pids(self.process) if self.process is not None else set()
 
     def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes.clear()
+        self._stop_head()
+
+    def _stop_head(self) -> None:
         """SIGKILL to every process of the cluster (the CLI, GCS, raylet, workers, replicas): nothing in a
         test cluster needs a graceful end, and a SIGTERM'd head takes seconds to stop its children."""
         if self.process is not None:
-            for pid in self.session_pids() - {self.process.pid}:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+            kill_session(self.process)
             self.process = None
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)

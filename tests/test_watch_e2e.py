@@ -13,9 +13,9 @@ from nst_daemon import imaging
 from nst_daemon.config import load_settings
 
 
-def drop(path: Path, color: tuple[int, int, int]) -> bytes:
+def drop(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
     """Write a photo under a temporary name and rename it in, as a careful copy would."""
-    data = imaging.encode_image(Image.new("RGB", (64, 48), color), "jpeg")
+    data = imaging.encode_image(Image.new("RGB", size, color), "jpeg")
     part = path.with_name(path.name + ".part")
     part.write_bytes(data)
     part.rename(path)
