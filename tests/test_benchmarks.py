@@ -122,3 +122,15 @@ def test_bench_daemon_smoke(tmp_path: Path) -> None:
         assert row["full_fitted"] == row["reduced_fitted"]
         assert positive(row["full_ms"]) and positive(row["reduced_ms"]) and row["psnr_db"] > 40
     assert "Large photos" in stdout
+
+
+def test_bench_instant_smoke(tmp_path: Path) -> None:
+    payload, stdout = run_smoke("instant", tmp_path)
+    assert "AdaIN: torch eager vs ORT" in stdout and "Targets" in stdout
+    (result,) = payload["results"]
+    assert result["max_abs_diff"] < 1e-3  # the same weights through both paths
+    for contender in result["contenders"].values():
+        assert positive(contender["median_s"]) and positive(contender["first_call_s"])
+    cli = payload["cli"]
+    assert positive(cli["median_s"]) and cli["output_size"] == cli["photo"]  # full size, as the target says
+    assert set(payload["targets"]) == {"ort_speedup_512", "cli_vs_peer"}
