@@ -1,6 +1,6 @@
 """Daemon overhead: jobs through the real daemon and the loopback fake Bot API, idle memory, event-loop lag.
 
-    .venv/bin/python scripts/bench_daemon.py            # all four parts
+    .venv/bin/python scripts/bench_daemon.py            # all six parts
     .venv/bin/python scripts/bench_daemon.py --smoke    # tiny, for CI
 
 1. Throughput and added latency: an in-process `Daemon` with a no-op runner (it returns the content image
@@ -25,6 +25,9 @@
    and without `preview` (pairs in alternating order, so a drift in the box's load hits both alike); the
    job time is `ProcessRunner.run`'s, the frames are what reached the parent. Also the snapshot's own
    cost (`preview_jpeg` on a tensor of the job's size), which the load of the box does not blur.
+6. Instant jobs through the watched folder (scripts/bench_daemon_instant.py): a real `nstd run` with
+   random-init AdaIN models and a named AdaIN style; a 512-px photo dropped into inbox/NAME/, timed until
+   its result is in outbox/NAME/ (a cold job, then warm ones), cut into stages by the job's own record.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import bench_common as bc
+from bench_daemon_instant import bench_instant_jobs, running_daemon
 
-NSTD = str(Path(sys.executable).parent / "nstd")
 STYLE = "monet"
 
 # What `nstd run` imports up front, in an order where each step adds its own dependencies only.
@@ -469,30 +472,8 @@ def bench_idle_rss(settle_s: float, import_steps: tuple[str, ...] = IMPORT_STEPS
 
 
 def idle_daemon(config: Path, settle_s: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [NSTD, "--config", str(config), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "nstd is running" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
     started = time.monotonic()
-    reader.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("nstd run did not start:\n" + "".join(lines[-20:]))
+    with running_daemon(config) as (proc, _lines):
         startup_s = time.monotonic() - started
         time.sleep(settle_s)  # the bot's first getUpdates, the status loop: a settled idle daemon
         maps = Path(f"/proc/{proc.pid}/maps").read_text(encoding="utf-8", errors="replace")
@@ -505,13 +486,6 @@ def idle_daemon(config: Path, settle_s: float) -> dict[str, Any]:
             "onnxruntime_loaded": "onnxruntime" in maps,
             "numpy_loaded": "numpy" in maps,
         }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     result["exit_code"] = proc.returncode
     return result
 
@@ -876,8 +850,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10, help="distinct users in the burst")
     parser.add_argument(
         "--parts",
-        default="bot,idle,lag,large,preview",
-        help="which parts to run (bot, idle, lag, large, preview)",
+        default="bot,idle,lag,large,preview,instant",
+        help="which parts to run (bot, idle, lag, large, preview, instant)",
+    )
+    parser.add_argument("--instant-jobs", type=int, default=5, help="part 6: warm jobs (default 5)")
+    parser.add_argument(
+        "--instant-settle",
+        default="",
+        help="part 6: watch.settle_s values, one round each (comma-separated; default: the config's default)",
     )
     parser.add_argument("--preview-pairs", type=int, default=3, help="part 5: job pairs (default 3)")
     parser.add_argument("--preview-side", type=int, default=256, help="part 5: NST max_side (default 256)")
@@ -987,6 +967,17 @@ def main(argv: list[str] | None = None) -> int:
         large = [(800, 600)] if args.smoke else [(6000, 4000), (7680, 5120)]
         fits = [("NST", 48), ("CycleGAN", 96)] if args.smoke else [("NST", 512), ("CycleGAN", 1024)]
         payload["large"] = bench_large_photos(large, fits, repeats=1 if args.smoke else 3)
+    if "instant" in parts:
+        bc.log("instant (AdaIN) jobs through the watched folder of `nstd run`")
+        settle_values = [float(v) for v in args.instant_settle.split(",") if v.strip()] or [None]
+        payload["instant"] = bench_instant_jobs(
+            jpeg((64, 48) if args.smoke else (512, 384), seed=11),
+            jpeg((64, 64) if args.smoke else (512, 512), seed=12),
+            warm_jobs=1 if args.smoke else args.instant_jobs,
+            max_side=64 if args.smoke else 512,
+            settle_values=settle_values,
+        )
+        bc.write_json(args.json, payload)
     payload["machine"] = {
         **payload["machine"],
         **{k: v for k, v in bc.machine_info().items() if k in ("torch", "onnxruntime")},
@@ -1138,6 +1129,8 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
         )
+    for r in payload.get("instant", []):
+        tables.append(instant_table(r))
     tables.append(
         (
             "Targets",
@@ -1147,6 +1140,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     bc.print_tables(tables, args.json)
     return 0
+
+
+INSTANT_STAGES = (
+    ("total", "dropped file -> result in outbox/"),
+    ("drop_to_row", "  detected, settle_s wait, read, intake check, row and inputs written"),
+    ("row_to_claim", "  the worker claims the job"),
+    ("engine", "  engine: inputs read, to the engine process and back (decode, AdaIN, encode)"),
+    ("store_and_done", "  result stored, row marked done"),
+    ("delivery", "  delivery: result written to outbox/, original moved to done/"),
+)
+INSTANT_COMPONENTS = (
+    ("decode", "    decode of photo and style (runner.decode_inputs)"),
+    ("stylize", "    AdaINEngine.stylize (ORT: 2 encoder passes, the decoder)"),
+    ("style_encoder_pass", "      of which the style's encoder pass"),
+    ("encode", "    JPEG encode of the result"),
+    ("session_load", "  (cold only) both ORT sessions opened"),
+)
+
+
+def instant_table(r: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
+    median = r["warm_median_ms"]
+    rows: list[list[Any]] = [
+        [label, r["cold"][key], median[key], " ".join(f"{job[key]:.0f}" for job in r["warm"])]
+        for key, label in INSTANT_STAGES
+    ]
+    parts = r["components_ms"]
+    rows += [[label, None, parts[key], "alone, median of 3"] for key, label in INSTANT_COMPONENTS]
+    loads = ", ".join(f"{load:.1f}" for load in r["loadavg_1min"])
+    width, height = r["result_size"]
+    return (
+        f"Instant (AdaIN) job through the watched folder, result {width}x{height}, "
+        f"watch.settle_s {r['watch_settle_s']:g}; load average {loads}",
+        ["stage (ms)", "cold job", "warm median", "warm runs"],
+        rows,
+    )
 
 
 def bot_row_label(row: dict[str, Any]) -> str:
@@ -1197,6 +1225,17 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": value,
                 "limit_text": "≤ 3",
                 "verdict": bc.verdict(value, 3),
+            }
+        )
+    for r in payload.get("instant", []):
+        value = r["warm_median_ms"]["total"] / 1000
+        rows.append(
+            {
+                "label": "instant job, dropped file to result, warm median (s), watch.settle_s "
+                f"{r['watch_settle_s']:g}",
+                "value": value,
+                "limit_text": "≤ 2",
+                "verdict": bc.verdict(value, 2),
             }
         )
     # The target is the daemon as it runs: the engines in their process. The "before" rows are compared in

