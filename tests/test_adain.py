@@ -179,6 +179,26 @@ def test_two_styles_blend_by_their_weights(engine: AdaINEngine, reference) -> No
     assert np.abs(equal - engine.stylize_array(content, [first, second], weights=[5, 5])).max() < 1e-6
 
 
+def test_a_style_seen_before_is_not_encoded_again_and_gives_the_same_result(
+    engine: AdaINEngine, reference, monkeypatch
+) -> None:
+    content, style, other = rgb((47, 31), 8), rgb((33, 33), 9), rgb((33, 33), 10)
+    engine.unload()  # an empty cache
+    encoded: list[tuple[int, ...]] = []
+    real_encode = engine.encode
+    monkeypatch.setattr(engine, "encode", lambda batch: encoded.append(batch.shape) or real_encode(batch))
+    first = engine.stylize_array(content, [style])
+    again = engine.stylize_array(content, [style.copy()])  # the same pixels in another array
+    assert len(encoded) == 3  # content, style, content: the style's statistics came from the cache
+    assert np.array_equal(first, again)
+    assert np.abs(again - reference(content, [style], [1.0], 1.0)).max() < 1e-4
+    engine.stylize_array(content, [other])  # other pixels of the same size are encoded
+    assert len(encoded) == 5
+    engine.unload()  # unloading forgets them
+    engine.stylize_array(content, [style])
+    assert len(encoded) == 7
+
+
 def test_strength_zero_is_the_decoded_content(engine: AdaINEngine, adain_checkpoints) -> None:
     vgg, dec = _reference_networks(adain_checkpoints)
     content = rgb((48, 32), 8)

@@ -26,8 +26,10 @@ Taking that as the bound, the default 1024 px needs at most about 2 GB for a squ
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +50,7 @@ EPS = 1e-5
 MULTIPLE = 8  # three 2× pools in the encoder, three 2× upsamplings in the decoder
 # relu4_1 then sees at least 2 px, the least the next reflection pad accepts; a 9 px side pads to 16.
 MIN_SIDE = 9
+STYLE_CACHE_SIZE = 64  # styles whose statistics stay cached (two 512-value vectors each)
 
 
 def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -78,12 +81,22 @@ def mean_std(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def blend(
     content: np.ndarray, styles: Sequence[np.ndarray], weights: Sequence[float], strength: float
 ) -> np.ndarray:
-    """t = α · Σ wᵢ · AdaIN(fc, fsᵢ) + (1 - α) · fc, with `weights` already normalised.
+    """t = α · Σ wᵢ · AdaIN(fc, fsᵢ) + (1 - α) · fc, with `weights` already normalised."""
+    return blend_stats(content, [mean_std(style) for style in styles], weights, strength)
+
+
+def blend_stats(
+    content: np.ndarray,
+    style_stats: Sequence[tuple[np.ndarray, np.ndarray]],
+    weights: Sequence[float],
+    strength: float,
+) -> np.ndarray:
+    """`blend` from each style's (mean, σ): AdaIN needs nothing else of a style's features.
 
     Computed as one AdaIN with the weighted style statistics (exact, since AdaIN is linear in them)."""
     c_mean, c_std = mean_std(content)
-    s_mean = sum(w * mean_std(s)[0] for w, s in zip(weights, styles, strict=True))
-    s_std = sum(w * mean_std(s)[1] for w, s in zip(weights, styles, strict=True))
+    s_mean = sum(w * stats[0] for w, stats in zip(weights, style_stats, strict=True))
+    s_std = sum(w * stats[1] for w, stats in zip(weights, style_stats, strict=True))
     scale = (s_std / c_std).astype(np.float32)
     shift = (s_mean - c_mean * s_std / c_std).astype(np.float32)
     stylized = content[0] * scale + shift
@@ -129,6 +142,9 @@ class AdaINEngine:
         self._sessions: tuple[InferenceSession, InferenceSession] | None = None
         self._lock = threading.Lock()  # one run at a time: sessions are thread-safe, memory is not
         self._load_lock = threading.Lock()
+        # A style's statistics by its pixels: a named style or the folder's styles/ come back job after job,
+        # and their encoder pass was a quarter of an instant job's time (docs/benchmarks.md, section 4).
+        self._style_stats: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     @property
     def loaded(self) -> bool:
@@ -158,6 +174,21 @@ class AdaINEngine:
 
     def unload(self) -> None:
         self._sessions = None
+        self._style_stats.clear()
+
+    def style_statistics(self, style: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """mean_std(encode(style)), from the cache when these exact pixels were encoded before."""
+        key = hashlib.sha1(np.ascontiguousarray(style).data, usedforsecurity=False).hexdigest()
+        key += str(style.shape)
+        cached = self._style_stats.get(key)
+        if cached is not None:
+            self._style_stats.move_to_end(key)
+            return cached
+        stats = mean_std(self.encode(to_batch(style)))
+        self._style_stats[key] = stats
+        while len(self._style_stats) > STYLE_CACHE_SIZE:
+            self._style_stats.popitem(last=False)
+        return stats
 
     def _run(self, index: int, batch: np.ndarray) -> np.ndarray:
         self.load()
@@ -202,12 +233,12 @@ class AdaINEngine:
             )
         padded, size = reflect_pad_to_multiple(content, MULTIPLE)
         content_features = self.encode(to_batch(padded))
-        style_features = []
+        style_stats = []
         for style in styles:
             _raise_if_cancelled(cancel)
-            style_features.append(self.encode(to_batch(style)))
+            style_stats.append(self.style_statistics(style))
         _raise_if_cancelled(cancel)
-        output = self.decode(blend(content_features, style_features, mix, strength))
+        output = self.decode(blend_stats(content_features, style_stats, mix, strength))
         # A session run cannot be interrupted; a cancel during it discards the result.
         _raise_if_cancelled(cancel)
         return np.clip(crop_to(output[0].transpose(1, 2, 0), size), 0.0, 1.0)
