@@ -46,6 +46,7 @@ TEMPORARY_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".partial", "
 STYLE_IMAGE_ENGINES = {"nst": "nst", "instant": "adain"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 RESCAN_INTERVAL_S = 30.0
+CLOSED_RECHECK_S = 0.05  # after the writer closed a file: one more look at its size, this much later
 # Unexpected errors (not an OSError: those pass, like a full disk) a file may cause before it is moved to
 # failed/ with the error as its reason, rather than being retried at every scan for ever.
 MAX_TROUBLES = 3
@@ -86,20 +87,22 @@ def create_style_folders(settings: Settings, name: str) -> Path:
 
 
 class _Events(FileSystemEventHandler):
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Any, closed: Any) -> None:
         self.loop = loop
         self.callback = callback
+        self.closed = closed
 
-    def _send(self, path: str | bytes) -> None:
-        self.loop.call_soon_threadsafe(self.callback, Path(os.fsdecode(path)))
+    def _send(self, path: str | bytes, callback: Any = None) -> None:
+        self.loop.call_soon_threadsafe(callback or self.callback, Path(os.fsdecode(path)))
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
             self._send(event.src_path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
+        # Linux's IN_CLOSE_WRITE: the writer is done with the file, so its settle wait may end early.
         if not event.is_directory:
-            self._send(event.src_path)
+            self._send(event.src_path, self.closed)
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -118,6 +121,7 @@ class FolderWatcher:
         self._rescan_task: asyncio.Task[None] | None = None
         self._stopped = False
         self._troubles: dict[Path, int] = {}
+        self._closed: dict[Path, asyncio.Event] = {}  # set when a settling file's writer closes it
 
     def create_folders(self) -> None:
         what = "a folder of the watched folder (watch.dir)"
@@ -133,7 +137,7 @@ class FolderWatcher:
         self.queue.set_deliverer("folder", self.deliver)
         loop = asyncio.get_running_loop()
         self._observer = Observer()
-        self._observer.schedule(_Events(loop, self.consider), str(self.inbox), recursive=True)
+        self._observer.schedule(_Events(loop, self.consider, self.closed), str(self.inbox), recursive=True)
         self._observer.start()
         self.scan()
         self._rescan_task = asyncio.create_task(self._rescan_loop())
@@ -176,6 +180,14 @@ class FolderWatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def closed(self, path: Path) -> None:
+        """A file's writer closed it: a settle in progress ends after one short look instead of a full
+        `watch.settle_s`; a file not yet settling starts as any event does."""
+        if path in self._settling:
+            self._closed.setdefault(path, asyncio.Event()).set()
+        else:
+            self.consider(path)
+
     def _style_of(self, path: Path) -> str | None:
         """The folder of inbox/ a path sits directly in ("" for inbox/ itself), or None for anything
         deeper or outside. A folder that names no style is returned too: its files fail with the reason."""
@@ -199,6 +211,7 @@ class FolderWatcher:
             await self._trouble(path, folder, exc)
         finally:
             self._settling.discard(path)
+            self._closed.pop(path, None)
 
     async def _trouble(self, path: Path, folder: str, exc: Exception) -> None:
         """An unexpected error while taking a file: one line in the log, and the file waits in the inbox
@@ -218,7 +231,11 @@ class FolderWatcher:
             log.warning("watch: %s waits in the inbox: %s", label, printable(describe_failure(move_error)))
 
     async def _wait_until_complete(self, path: Path) -> bool:
-        interval = max(self.settings.watch.settle_s, 0.05)
+        """True once the file stopped changing for `watch.settle_s`, or, after its writer closed it
+        (inotify's close-after-write), for CLOSED_RECHECK_S: a copy over the network or a slow writer
+        still gets the full wait, and a photo saved at once is taken a second sooner."""
+        interval = max(self.settings.watch.settle_s, CLOSED_RECHECK_S)
+        closed = self._closed.setdefault(path, asyncio.Event())
         previous = None
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline and not self._stopped:
@@ -230,7 +247,12 @@ class FolderWatcher:
             if current == previous:
                 return True
             previous = current
-            await asyncio.sleep(interval)
+            if closed.is_set():
+                closed.clear()
+                await asyncio.sleep(CLOSED_RECHECK_S)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closed.wait(), interval)
         return False
 
     def _already_claimed(self, path: Path) -> bool:

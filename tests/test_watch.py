@@ -390,3 +390,46 @@ def test_errors_that_are_not_the_files_fault_leave_it_in_the_inbox(
     assert any("'monet/full.jpg' waits in the inbox: OSError: [Errno 28]" in m for m in messages), messages
     assert any("'monet/closing.jpg' waits for the next scan: nstd is shutting down" in m for m in messages)
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
+
+
+def test_a_file_is_taken_once_its_writer_closes_it_not_a_whole_settle_later(
+    tmp_path: Path, daemon_config
+) -> None:
+    """With a settle time far longer than the test, a photo is taken only because its writer closed it
+    (inotify's close-after-write), and a photo still open for writing is never taken half-written."""
+    settings = load_settings(daemon_config(watch={"enabled": True, "settle_s": 120}))
+    inbox = settings.watch.dir / "inbox" / "monet"
+    data = imaging.encode_image(Image.new("RGB", (48, 36), (200, 90, 30)), "jpeg")
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        try:
+
+            def taken(path: Path) -> bool:
+                return daemon.queue.job_store.folder_file_taken(str(path))
+
+            async def until_taken(path: Path) -> None:
+                deadline = time.monotonic() + 30  # the settle would be 120 s
+                while not taken(path):
+                    assert time.monotonic() < deadline, f"{path.name} was not taken"
+                    await asyncio.sleep(0.05)
+
+            saved_at_once = inbox / "at-once.jpg"
+            saved_at_once.write_bytes(data)
+            await until_taken(saved_at_once)
+
+            still_open = inbox / "still-open.jpg"
+            with still_open.open("wb") as handle:
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                # Its writer has not closed it: nothing ends the 120 s settle, however long this takes.
+                await asyncio.sleep(1.0)
+                assert not taken(still_open)
+                handle.write(data[len(data) // 2 :])
+            await until_taken(still_open)
+        finally:
+            daemon.stop_event.set()
+            await daemon.shutdown()
+
+    asyncio.run(scenario())
