@@ -58,9 +58,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+_handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` free ports, none handed out before by this process: a port let go is often handed out
+    again at once (two of a node's servers once got the same one, and `ray start` refused), and a
+    cluster's ports are chosen before its servers take them."""
+    ports: list[int] = []
+    with contextlib.ExitStack() as stack:  # held open while choosing: the OS gives each one once
+        while len(ports) < count:
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                ports.append(port)
+    return ports
 
 
 def ray_environment(token: str) -> dict[str, str]:
@@ -86,13 +103,14 @@ def port_open(port: int) -> bool:
 def node_options(num_cpus: int) -> list[str]:
     """Options every node of a test cluster gets: loopback, no GPU, and a free port for each of its servers
     (two nodes on one machine must not both take Ray's fixed defaults)."""
+    ports = free_ports(len(NODE_PORTS))
     return [
         "--block",
         "--node-ip-address=127.0.0.1",
         f"--num-cpus={num_cpus}",
         "--num-gpus=0",
         "--disable-usage-stats",
-        *(f"--{name}-port={free_port()}" for name in NODE_PORTS),
+        *(f"--{name}-port={port}" for name, port in zip(NODE_PORTS, ports, strict=True)),
     ]
 
 
