@@ -213,3 +213,30 @@ def wait_until(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+# The modules that take longest (minutes: Ray clusters, real daemons, NST runs) go first, so that with
+# several xdist workers (scripts/test, --dist loadfile) none of them starts last and holds up the end.
+# Only the order changes; every test is independent of it.
+LONGEST_MODULES = (
+    "test_cluster_daemon.py",
+    "test_cluster_ray.py",
+    "test_engine_process.py",
+    "test_daemon.py",
+    "test_stylize_cli.py",
+    "test_bot_e2e.py",
+    "test_benchmarks.py",
+    "test_catalog.py",
+    "test_chaos.py",
+    "test_jobs.py",
+    "test_watch.py",
+    "test_first_run.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: within a module, and among the rest, the order stays as collected
