@@ -129,7 +129,7 @@ def test_bench_daemon_smoke(tmp_path: Path) -> None:
         stages = [job[key] for key in ("drop_to_row", "row_to_claim", "engine", "store_and_done", "delivery")]
         assert all(positive(stage) for stage in stages), job
         assert math.isclose(sum(stages), job["total"], rel_tol=1e-6)
-        assert job["drop_to_row"] >= 1000 * instant["watch_settle_s"]  # the watcher's settle wait
+        # No bound on drop_to_row: a file its writer closed is claimed without waiting out settle_s.
     assert all(positive(value) for value in instant["components_ms"].values())
     assert "Instant (AdaIN) job through the watched folder" in stdout
 
