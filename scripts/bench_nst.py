@@ -658,6 +658,7 @@ WHOLE_RUN_LEVERS: tuple[tuple[str, dict[str, Any], bool], ...] = (
         True,
     ),
     ("TV term, weight 1e-2 (neural-style-pt)", {"tv_weight": 1e-2}, True),
+    ("mean/covariance style loss (crowsonkb's statistics)", {"style_statistic": "mean_cov"}, True),
 )
 
 

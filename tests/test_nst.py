@@ -335,6 +335,34 @@ def test_gram_matrix_normalization() -> None:
     assert torch.allclose(gram_matrix(features), torch.full((1, 4, 4), 15 / 60))
 
 
+def test_mean_covariance_matches_a_straightforward_definition() -> None:
+    """The mean/covariance style statistic against numpy, written out from its definition."""
+    from nst_daemon.engines.nst_loss import mean_covariance
+
+    features = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = mean_covariance(features).numpy()
+    for item, array in enumerate(features.numpy()):
+        flat = array.reshape(3, 20)
+        mean = flat.mean(axis=1)
+        covariance = np.cov(flat, bias=True) / 3  # population covariance, then the Gram's 1/C
+        assert np.allclose(got[item, :, 0], mean / np.sqrt(3))
+        assert np.allclose(got[item, :, 1:], covariance)
+    # The Gram matrix is the covariance plus the means' outer product, both scaled alike.
+    gram = gram_matrix(features).numpy()
+    means = got[:, :, :1]
+    assert np.allclose(gram, got[:, :, 1:] + means @ means.transpose(0, 2, 1))
+
+
+def test_the_mean_covariance_style_loss_runs_and_falls(engine: NSTEngine, content, styles) -> None:
+    options = replace(TINY, style_statistic="mean_cov")
+    result = engine.stylize(content, styles, options=options)
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    gram = engine.stylize(content, styles, options=TINY)
+    assert result.losses != gram.losses  # another objective, not the Gram one under another name
+    with pytest.raises(ValueError, match="style_statistic"):
+        NSTOptions(style_statistic="w2")  # type: ignore[arg-type]
+
+
 def test_oom_retries_shrink_down_to_the_floor() -> None:
     calls: list[int] = []
 

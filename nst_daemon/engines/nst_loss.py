@@ -20,6 +20,23 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
 
 
+def mean_covariance(features: torch.Tensor) -> torch.Tensor:
+    """The channel means and the covariance of a layer in one tensor: (N, C, H, W) -> (N, C, C + 1).
+
+    Column 0 is μ / √C and the rest (F − μ)·(F − μ)ᵀ / (C·H·W), scaled like `gram_matrix` (which equals
+    cov + μ·μᵀ / C), so one MSE over it weighs the two parts as the Gram loss would and a style weight tuned
+    for Gram losses stays in range."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)
+    mean = flat.mean(dim=2, keepdim=True)
+    centred = flat - mean
+    covariance = torch.bmm(centred, centred.transpose(1, 2)) / (c * h * w)
+    return torch.cat([mean / math.sqrt(c), covariance], dim=2)
+
+
+STYLE_STATISTICS = {"gram": gram_matrix, "mean_cov": mean_covariance}
+
+
 def total_variation(image: torch.Tensor) -> torch.Tensor:
     # Squared differences keep the loss smooth, which L-BFGS needs.
     dy = image[:, :, 1:, :] - image[:, :, :-1, :]
@@ -57,6 +74,7 @@ class Objective:
         self.style_mix = style_mix
         layer_weights = options.style_layer_weights or (1.0,) * len(options.style_layers)
         self.style_layers = list(zip(options.style_layers, layer_weights, strict=True))
+        self.statistic = STYLE_STATISTICS[options.style_statistic]
         # inference_mode makes no autograd records; the clones turn the results into ordinary tensors
         # again, which autograd may save for backward.
         with torch.inference_mode():
@@ -68,7 +86,7 @@ class Objective:
             style_targets = []
             for style in styles:
                 features = net(style)
-                style_targets.append({name: gram_matrix(features[name]) for name in options.style_layers})
+                style_targets.append({name: self.statistic(features[name]) for name in options.style_layers})
         self.content_targets = {name: value.clone() for name, value in content_targets.items()}
         self.style_targets = [{name: value.clone() for name, value in t.items()} for t in style_targets]
 
@@ -82,10 +100,10 @@ class Objective:
             content = content + F.mse_loss(features[name], self.content_targets[name])
         style = image.new_zeros(())
         for name, layer_weight in self.style_layers:
-            gram = gram_matrix(features[name])
+            statistic = self.statistic(features[name])
             for mix, targets in zip(self.style_mix, self.style_targets, strict=True):
                 if mix:
-                    style = style + (mix * layer_weight) * F.mse_loss(gram, targets[name])
+                    style = style + (mix * layer_weight) * F.mse_loss(statistic, targets[name])
         tv = total_variation(image) if options.tv_weight else image.new_zeros(())
         terms = torch.stack(
             [options.content_weight * content, options.style_weight * style, options.tv_weight * tv]

@@ -52,6 +52,10 @@ class NSTOptions:
     # weighted by its weight (1.0 each by default), the "plain merge" of the original bot.
     normalize_style_weights: bool = True
     tv_weight: float = 0.0
+    # What the style term matches per layer: "gram" (Gatys: the Gram matrix F·Fᵀ) or "mean_cov" (the
+    # channel means and the covariance apart, as crowsonkb's style-transfer-pytorch does; a lever, measured
+    # in docs/benchmarks.md, not a preset's choice).
+    style_statistic: Literal["gram", "mean_cov"] = "gram"
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     lr: float | None = None  # None: 0.5 for L-BFGS, 0.02 for Adam
     lbfgs_history: int = 20  # curvature pairs kept; each costs two image-sized tensors of memory
@@ -110,6 +114,8 @@ class NSTOptions:
         steps = self.steps_per_scale()
         if len(steps) != len(self.scales) or any(s < 1 for s in steps):
             fail("max_steps must be a positive int or one positive int per scale")
+        if self.style_statistic not in ("gram", "mean_cov"):
+            fail(f"style_statistic must be gram or mean_cov, got {self.style_statistic!r}")
         if self.optimizer not in DEFAULT_LR:
             fail(f"optimizer must be lbfgs or adam, got {self.optimizer!r}")
         if self.window < 1 or self.tolerance < 0:
