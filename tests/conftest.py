@@ -120,6 +120,7 @@ class DaemonProcess:
         self.env.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in (env or {}) else None
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
+        self.arrivals: list[float] = []  # time.monotonic() as each line was read, for timing failures
         self._reader: threading.Thread | None = None
 
     def command(self) -> list[str]:
@@ -128,6 +129,7 @@ class DaemonProcess:
     def start(self, wait_for: str | None = "nstd is running", timeout: float = 60) -> DaemonProcess:
         # Each run gets its own list: output a killed run's orphans still write must not land in the next.
         self.lines = lines = []
+        self.arrivals = []
         self.proc = subprocess.Popen(
             self.command(),
             stdout=subprocess.PIPE,
@@ -135,20 +137,30 @@ class DaemonProcess:
             text=True,
             env=self.env,
         )
-        self._reader = threading.Thread(target=self._read, args=(self.proc, lines), daemon=True)
+        self._reader = threading.Thread(
+            target=self._read, args=(self.proc, lines, self.arrivals), daemon=True
+        )
         self._reader.start()
         if wait_for:
             self.wait_for_log(wait_for, timeout)
         return self
 
-    def _read(self, proc: subprocess.Popen[str], lines: list[str]) -> None:
+    def _read(self, proc: subprocess.Popen[str], lines: list[str], arrivals: list[float]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            arrivals.append(time.monotonic())
             lines.append(line.rstrip("\n"))
 
     @property
     def log(self) -> str:
         return "\n".join(self.lines)
+
+    def log_since(self, started: float) -> str:
+        """The log with each line's arrival in seconds after `started` (a time.monotonic())."""
+        return "\n".join(
+            f"{arrival - started:+8.2f} s  {line}"
+            for arrival, line in zip(self.arrivals, self.lines, strict=False)
+        )
 
     def wait_for_log(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
