@@ -88,7 +88,7 @@ def serve(
         kind, *payload = work.get()
         try:
             if kind == "stop":
-                return
+                _leave()
             if kind == "unload_idle":
                 events.send(("unloaded", runner.unload_idle(payload[0]), runner.loaded))
             elif kind == "run":
@@ -96,6 +96,16 @@ def serve(
                 _run(runner, payload, cancel, events)
         except (BrokenPipeError, EOFError, OSError):
             return  # the parent is gone
+
+
+def _leave() -> None:
+    """Exit at once, as the daemon asked. Nothing here needs saving (results went down the pipe), and an
+    orderly interpreter exit tears down torch and ONNX Runtime: 1.8 s measured on a busy 2-core box, time
+    a shutdown within the grace period does not have."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(runner: Any, payload: list[Any], cancel: threading.Event, events: Connection) -> None:

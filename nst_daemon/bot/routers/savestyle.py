@@ -7,8 +7,10 @@ Refusals are one line: a name that shadows a built-in or shared style, a non-ima
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import sqlite_utils
 from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.fsm.context import FSMContext
@@ -21,6 +23,7 @@ from nst_daemon.bot.context import Services
 from nst_daemon.bot.images import InputProblem, download
 from nst_daemon.bot.states import Nst, SaveStyle
 from nst_daemon.bot.style_images import collect, image_refs, weights_of, weights_text
+from nst_daemon.db import file_of, open_connection
 from nst_daemon.named_styles import StyleRefused
 
 IMAGE = F.photo | F.document
@@ -94,17 +97,28 @@ async def _save(
         for index, ref in enumerate(image_refs(styles), start=1):
             data = await download(bot, ref)
             images.append((data, named_styles.check_image_bytes(data, services.settings, f"image {index}")))
-        style = named_styles.add_images(
-            services.settings,
-            services.db,
-            services.queue.store,
-            name,
-            images,
-            engine=engine,
-            strength=prefs.strength if engine == "adain" and prefs.strength != 1.0 else None,
-            weights=weights_of(styles),
-            owner=str(user_id),
-        )
+        strength = prefs.strength if engine == "adain" and prefs.strength != 1.0 else None
+
+        def add() -> named_styles.NamedStyle:
+            # In a thread, as the images go to the object store (S3 in a cluster), with a connection of
+            # its own, so its transaction never mixes with the event loop's use of services.db.
+            db = sqlite_utils.Database(open_connection(file_of(services.db.conn)))
+            try:
+                return named_styles.add_images(
+                    services.settings,
+                    db,
+                    services.queue.store,
+                    name,
+                    images,
+                    engine=engine,
+                    strength=strength,
+                    weights=weights_of(styles),
+                    owner=str(user_id),
+                )
+            finally:
+                db.close()
+
+        style = await asyncio.to_thread(add)
     except (StyleRefused, InputProblem) as exc:
         reason = exc.message if isinstance(exc, StyleRefused) else str(exc)
         await bot.send_message(chat_id=chat_id, text=texts.STYLE_REFUSED.format(reason=reason.rstrip(".")))
