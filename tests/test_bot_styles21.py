@@ -469,3 +469,28 @@ def test_styles_sends_a_cached_style_sheet(own_server: FakeTelegram, tmp_path: P
         assert moss.engine == "adain" and moss.params["style_name"] == "moss"
     finally:
         harness.close()
+
+
+def test_a_sheet_being_drawn_never_holds_up_the_users_next_message(
+    own_server: FakeTelegram, tmp_path: Path
+) -> None:
+    """Drawing runs the engines, which a painted job can hold for minutes; meanwhile the user's next
+    message (here /help) is answered, and the sheet still arrives."""
+    server = own_server
+    harness = StylesHarness(server, tmp_path / "state")
+    install_stand_ins(tmp_path / "state" / "models", (*ADAIN_MODELS, "style_monet"))
+    harness.runner.slow["style-sheet"] = 6.0
+    harness.start()
+    try:
+        user = 21997
+        harness.allow(user)
+        mark = server.mark()
+        server.send_text(user, "/styles")
+        server.wait_text(user, "^Styles", since=mark)
+        server.send_text(user, "/help")
+        helped = server.wait_text(user, "^How to use me", since=mark)
+        assert not server.sent(user, "sendPhoto", since=mark), "/help was answered only after the sheet"
+        sheet = sheet_call(server, user, mark)
+        assert sheet.at > helped.at
+    finally:
+        harness.close()

@@ -6,6 +6,7 @@ a key that changes with the set of styles, so it is drawn once per change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiogram import Bot, Router
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SHEET_PREFIX = "sheets/"
 SAMPLE_PHOTO = style_sheet.sample_photo()
+# Sheets being sent, kept referenced until done (the event loop holds tasks only weakly).
+_sending: set[asyncio.Task[None]] = set()
 
 
 async def styles(message: Message, services: Services, bot: Bot) -> None:
@@ -32,15 +35,26 @@ async def styles(message: Message, services: Services, bot: Bot) -> None:
     await message.answer(
         texts.styles_text(services.settings, named), reply_markup=style_buttons(services, user_id)
     )
+    # Drawing a sheet runs the engines, which a painted job may hold for minutes. This handler holds the
+    # user's event-isolation lock, so the sheet is sent from a task of its own: the user's next message
+    # (a Cancel button, a photo) is answered meanwhile.
+    task = asyncio.create_task(send_style_sheet(services, bot, message.chat.id, user_id), name="style sheet")
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+
+
+async def send_style_sheet(services: Services, bot: Bot, chat_id: int, user_id: int) -> None:
     try:
         sheet = await style_sheet_jpeg(services, user_id)
+        if sheet is not None:
+            photo = BufferedInputFile(sheet, filename="styles.jpg")
+            await bot.send_photo(chat_id=chat_id, photo=photo, caption=texts.STYLE_SHEET_CAPTION)
+    except asyncio.CancelledError:
+        raise
     except Exception as exc:  # the list and the buttons are there; the picture is a bonus
         log.warning("telegram: no style sheet for user %s: %s", user_id, describe_failure(exc))
-        await message.answer(texts.NO_STYLE_SHEET)
-        return
-    if sheet is not None:
-        photo = BufferedInputFile(sheet, filename="styles.jpg")
-        await bot.send_photo(chat_id=message.chat.id, photo=photo, caption=texts.STYLE_SHEET_CAPTION)
+        with contextlib.suppress(Exception):
+            await bot.send_message(chat_id=chat_id, text=texts.NO_STYLE_SHEET)
 
 
 async def style_sheet_jpeg(services: Services, user_id: int) -> bytes | None:
