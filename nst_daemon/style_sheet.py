@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nst_daemon import imaging, named_styles
 from nst_daemon.config import Settings
-from nst_daemon.errors import NstdError
+from nst_daemon.errors import Cancelled, NstdError
 from nst_daemon.jobs import Job
 from nst_daemon.manifest import read_manifest
 from nst_daemon.style_catalog import pretrained_styles
@@ -84,9 +85,12 @@ def build(
     styles: list[SheetStyle],
     *,
     tile: int = TILE,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> Image.Image:
     """The sheet: the photo, then one tile per style that ran (a style whose engine fails is left out and
-    logged). `runner` is anything with EngineRunner's `run`."""
+    logged). `runner` is anything with EngineRunner's `run`. Before each style `keep_going()` is asked:
+    False (the daemon is stopping) raises Cancelled, as does a run its runner cancelled, so a stopping
+    daemon's runner is not asked to start its engines again for the next tile."""
     if not styles:
         raise NstdError(
             "no styles to show: pull a built-in style (`nstd models pull style_monet`) or add a named "
@@ -96,8 +100,12 @@ def build(
     small = imaging.encode_image(content, "jpeg")
     tiles = [("photo", content)]
     for style in styles:
+        if not keep_going():
+            raise Cancelled("the style sheet was stopped")
         try:
             tiles.append((style.name, _stylize(settings, runner, store, small, style, tile)))
+        except Cancelled:
+            raise
         except NstdError as exc:
             log.warning("style sheet: %s left out: %s", style.name, exc.message)
     return _compose(tiles, tile)

@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from checkpoints import random_image
 from PIL import Image
 from test_adain_cli import one_error_line, write_config
 
 from nst_daemon import style_sheet
+from nst_daemon.config import load_settings
+from nst_daemon.errors import Cancelled, NstdError
+from nst_daemon.job_model import RunResult
 from nst_daemon.style_sheet import LABEL_HEIGHT, TILE, SheetStyle
 
 NSTD = str(Path(sys.executable).parent / "nstd")
@@ -74,3 +78,40 @@ def test_cache_key_follows_the_styles() -> None:
     assert key != style_sheet.cache_key([monet, SheetStyle("ink", "1.5")], photo)
     assert key != style_sheet.cache_key([SheetStyle("monet", "b" * 64)], photo)  # a new model
     assert key != style_sheet.cache_key([monet], style_sheet.sample_photo(200, 100))
+
+
+class TileRunner:
+    """Gives each style a flat tile, or raises what `fails` maps its style to."""
+
+    def __init__(self, fails: dict[str, Exception] | None = None) -> None:
+        self.fails = fails or {}
+        self.ran: list[str] = []
+
+    def run(self, job, content, styles, progress, cancel) -> RunResult:
+        self.ran.append(job.styles[0])
+        if job.styles[0] in self.fails:
+            raise self.fails[job.styles[0]]
+        return RunResult(image=Image.new("RGB", (32, 24), (0, 120, 0)), report={})
+
+
+def test_a_sheet_stops_when_the_daemon_does_and_never_restarts_the_engines_for_the_next_tile(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(write_config(tmp_path / "config.toml", tmp_path / "models"))
+    styles = [SheetStyle(name, "v", engine="cyclegan") for name in ("monet", "cezanne", "ukiyoe")]
+    photo = style_sheet.sample_photo()
+    # A failing engine leaves its tile out and the sheet goes on ...
+    runner = TileRunner({"monet": NstdError("model missing")})
+    image = style_sheet.build(settings, runner, None, photo, styles, tile=32)
+    assert runner.ran == ["monet", "cezanne", "ukiyoe"] and image.size == (2 * 32, 2 * (32 + LABEL_HEIGHT))
+    # ... but a cancelled run (its engine process ended by a stopping daemon) ends the sheet.
+    runner = TileRunner({"cezanne": Cancelled()})
+    with pytest.raises(Cancelled):
+        style_sheet.build(settings, runner, None, photo, styles, tile=32)
+    assert runner.ran == ["monet", "cezanne"]
+    # And once the daemon stops taking work, no further tile starts.
+    runner = TileRunner()
+    answers = iter([True, False])
+    with pytest.raises(Cancelled, match="stopped"):
+        style_sheet.build(settings, runner, None, photo, styles, tile=32, keep_going=lambda: next(answers))
+    assert runner.ran == ["monet"]

@@ -191,6 +191,11 @@ class JobQueue:
 
     # --- stopping ---
 
+    @property
+    def accepting(self) -> bool:
+        """False once the daemon is stopping: no new work should start."""
+        return self.life.accepting
+
     def stop_intake(self) -> None:
         self.life.accepting = False
 

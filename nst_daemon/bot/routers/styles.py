@@ -17,7 +17,7 @@ from nst_daemon import imaging, style_sheet
 from nst_daemon.bot import texts
 from nst_daemon.bot.context import Services
 from nst_daemon.bot.routers.quick import style_buttons
-from nst_daemon.errors import describe_failure
+from nst_daemon.errors import Cancelled, describe_failure
 from nst_daemon.store import get_bytes, is_not_found
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ async def send_style_sheet(services: Services, bot: Bot, chat_id: int, user_id: 
             await bot.send_photo(chat_id=chat_id, photo=photo, caption=texts.STYLE_SHEET_CAPTION)
     except asyncio.CancelledError:
         raise
+    except Cancelled:
+        log.info("telegram: the style sheet for user %s was stopped with the daemon", user_id)
     except Exception as exc:  # the list and the buttons are there; the picture is a bonus
         log.warning("telegram: no style sheet for user %s: %s", user_id, describe_failure(exc))
         with contextlib.suppress(Exception):
@@ -72,7 +74,10 @@ async def style_sheet_jpeg(services: Services, user_id: int) -> bytes | None:
             raise
 
     def draw() -> bytes:
-        sheet = style_sheet.build(settings, services.queue.runner, store, SAMPLE_PHOTO, available)
+        queue = services.queue
+        sheet = style_sheet.build(
+            settings, queue.runner, store, SAMPLE_PHOTO, available, keep_going=lambda: queue.accepting
+        )
         data = imaging.encode_image(sheet, "jpeg")
         store.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/jpeg")
         return data
