@@ -23,44 +23,32 @@ from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError, describe_failure
 from nst_daemon.fsutil import ensure_dir
 from nst_daemon.imaging import ImageError
-from nst_daemon.jobs import Job, JobQueue, JobRequest
-from nst_daemon.style_catalog import engine_for_style, file_label, style_keys
+from nst_daemon.jobs import JobQueue, JobRequest
+from nst_daemon.style_catalog import engine_for_style, style_keys
 from nst_daemon.style_names import normalize_style
 from nst_daemon.watch_files import (
+    STYLE_IMAGE_ENGINES,
     RefusedFile,
-    find_published,
-    move_new,
+    log_label,
     printable,
-    publish,
     read_dropped_file,
-    split_name,
-    stage,
-    unstage,
-    write_new,
 )
+from nst_daemon.watch_outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".partial", "~")
-# The folders that take every image in styles/ as the style: Gatys NST (painted) and AdaIN (instant).
-STYLE_IMAGE_ENGINES = {"nst": "nst", "instant": "adain"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 RESCAN_INTERVAL_S = 30.0
 CLOSED_RECHECK_S = 0.05  # after the writer closed a file: one more look at its size, this much later
 # Unexpected errors (not an OSError: those pass, like a full disk) a file may cause before it is moved to
 # failed/ with the error as its reason, rather than being retried at every scan for ever.
 MAX_TROUBLES = 3
-ERROR_SUFFIX = ".error.txt"
 
 
 def is_temporary(name: str) -> bool:
     """Names still being written by browsers, editors, rsync (.name.XXXXXX) or us; hidden files too."""
     return name.startswith(".") or name.lower().endswith(TEMPORARY_SUFFIXES)
-
-
-def _label(folder: str, name: str) -> str:
-    """A dropped file's name for the log: quoted, so a name with a newline cannot forge a line."""
-    return repr(f"{folder}/{name}" if folder else name)
 
 
 def style_folders(settings: Settings) -> tuple[str, ...]:
@@ -122,6 +110,7 @@ class FolderWatcher:
         self._stopped = False
         self._troubles: dict[Path, int] = {}
         self._closed: dict[Path, asyncio.Event] = {}  # set when a settling file's writer closes it
+        self.outbox = Outbox(self.root, self.inbox, queue)
 
     def create_folders(self) -> None:
         what = "a folder of the watched folder (watch.dir)"
@@ -134,7 +123,7 @@ class FolderWatcher:
 
     async def start(self) -> None:
         self.create_folders()
-        self.queue.set_deliverer("folder", self.deliver)
+        self.queue.set_deliverer("folder", self.outbox.deliver)  # watch_outbox.py: results and originals
         loop = asyncio.get_running_loop()
         self._observer = Observer()
         self._observer.schedule(_Events(loop, self.consider, self.closed), str(self.inbox), recursive=True)
@@ -217,7 +206,7 @@ class FolderWatcher:
         """An unexpected error while taking a file: one line in the log, and the file waits in the inbox
         for the next scan, since such errors mostly pass (a full disk, a locked database). One that keeps
         coming back for a file is that file's doing: it goes to failed/ with the error as its reason."""
-        label = _label(folder, path.name)
+        label = log_label(folder, path.name)
         count = self._troubles[path] = self._troubles.get(path, 0) + 1
         log.debug("watch: the error for %s in full", label, exc_info=exc)
         if isinstance(exc, OSError) or count < MAX_TROUBLES:
@@ -226,7 +215,7 @@ class FolderWatcher:
         self._troubles.pop(path, None)
         reason = f"nstd could not take this file: {describe_failure(exc)}"
         try:
-            await asyncio.to_thread(self._move_to_failed, path, folder, reason)
+            await asyncio.to_thread(self.outbox.move_to_failed, path, folder, reason)
         except OSError as move_error:
             log.warning("watch: %s waits in the inbox: %s", label, printable(describe_failure(move_error)))
 
@@ -268,7 +257,7 @@ class FolderWatcher:
         if not problem and folder not in folders and named is None:
             problem = _misplaced(folder, folders)
         if problem:
-            await asyncio.to_thread(self._move_to_failed, path, folder, problem)
+            await asyncio.to_thread(self.outbox.move_to_failed, path, folder, problem)
             return
         style = self.settings.default_style if folder == "default" else folder
         if folder == "default" and style and style not in folders:
@@ -306,20 +295,20 @@ class FolderWatcher:
         except FileNotFoundError:
             return  # taken away meanwhile: nothing to do, nothing to report
         except NstdError as exc:
-            await asyncio.to_thread(self._move_to_failed, path, folder, exc.message)
+            await asyncio.to_thread(self.outbox.move_to_failed, path, folder, exc.message)
             return
         try:
             job = await self.queue.submit(request)
         except ImageError as exc:
-            await asyncio.to_thread(self._move_to_failed, path, folder, _image_reason(exc, style_names))
+            await asyncio.to_thread(self.outbox.move_to_failed, path, folder, _image_reason(exc, style_names))
             return
         except NstdError as exc:
             # Not the file's fault (the queue is full, a full disk, shutting down): try again later.
             log.info(
-                "watch: %s waits for the next scan: %s", _label(folder, path.name), printable(exc.message)
+                "watch: %s waits for the next scan: %s", log_label(folder, path.name), printable(exc.message)
             )
             return
-        log.info("watch: %s -> job %s", _label(folder, path.name), job.id)
+        log.info("watch: %s -> job %s", log_label(folder, path.name), job.id)
 
     def _named_style(self, folder: str) -> named_styles.NamedStyle | None:
         name = normalize_style(folder)
@@ -365,72 +354,6 @@ class FolderWatcher:
         if not images:
             raise NstdError(f"multi-style NST needs style images: put one or more in {folder}")
         return names, images
-
-    # --- delivery (called by the queue when a folder job is final) ---
-
-    async def deliver(self, job: Job, result: bytes | None) -> None:
-        """Write the result as a file of its own, move the original away, and record both in the job's
-        reply (`result_path`, `original_path`: what `nstd jobs show` tells)."""
-        source = Path(job.reply["path"])
-        folder = job.reply["folder"]
-        if job.state == "done" and result is not None:
-            staged = self.root / "outbox" / folder / f".nstd-job-{job.id}.tmp"
-            result_path = await asyncio.to_thread(self._write_result, job, staged, result)
-            if str(result_path) != job.reply.get("result_path"):
-                await self.queue.record_reply(job.id, {"result_path": str(result_path)})
-            # Only once the path is recorded: until then the staged name is how a redelivery after a
-            # crash finds the result it already wrote, rather than writing a second copy.
-            await asyncio.to_thread(unstage, staged)
-            original = await asyncio.to_thread(self._move_original, source, self.root / "done" / folder)
-        elif job.reply.get("original_path"):
-            return  # moved to failed/ with its reason by an attempt that stopped before it was done
-        else:
-            original = await asyncio.to_thread(self._move_to_failed, source, folder, job.error or job.state)
-        if original is not None:
-            await self.queue.record_reply(job.id, {"original_path": str(original)})
-
-    @staticmethod
-    def _write_result(job: Job, staged: Path, result: bytes) -> Path:
-        recorded = job.reply.get("result_path")
-        if recorded and os.path.lexists(recorded):
-            return Path(recorded)  # written and recorded by an attempt that stopped before it was done
-        published = find_published(staged)
-        if published is None:
-            stage(staged, result)
-            folder = job.reply.get("folder")
-            label = job.params.get("style_name") or (
-                folder if folder in STYLE_IMAGE_ENGINES else file_label(job.engine, job.styles)
-            )
-            stem, _suffix = split_name(job.reply["name"])
-            # Never the name of an existing file: the same photo dropped twice gets two results.
-            published = publish(staged, stem, f".{label}.jpg")
-        return published
-
-    def _move_original(self, source: Path, folder: Path) -> Path | None:
-        try:
-            return move_new(source, folder, beneath=self._inbox_of(source))
-        except FileNotFoundError:
-            return None  # moved by an earlier attempt, or taken away by the user
-
-    def _inbox_of(self, source: Path) -> Path | None:
-        """The inbox, for moving `source` out of it without following a folder swapped for a link (None
-        for a job from before watch.dir changed)."""
-        return self.inbox if source.is_relative_to(self.inbox) else None
-
-    def _move_to_failed(self, source: Path, folder: str, reason: str) -> Path | None:
-        """Move `source` to failed/ with `<name>.error.txt` beside it giving the reason; the name is
-        chosen (numbered, cut to fit) so that neither file replaces one already there."""
-        failed_dir = self.root / "failed" / folder
-        try:
-            destination: Path | None = move_new(
-                source, failed_dir, beneath=self._inbox_of(source), reserve_suffix=ERROR_SUFFIX
-            )
-        except FileNotFoundError:
-            destination = None
-        name = destination.name if destination is not None else source.name
-        write_new(failed_dir, name, ERROR_SUFFIX, (reason.strip() + "\n").encode())
-        log.warning("watch: %s failed: %s", _label(folder, source.name), printable(reason))
-        return destination
 
 
 def _name_problem(path: Path) -> str | None:

@@ -35,6 +35,16 @@ _MB = 1024 * 1024
 _placing = threading.Lock()
 
 
+# The folders that take every image in styles/ as the style: Gatys NST (painted) and AdaIN (instant).
+STYLE_IMAGE_ENGINES = {"nst": "nst", "instant": "adain"}
+ERROR_SUFFIX = ".error.txt"  # failed/<style>/<name>.error.txt: why <name> failed
+
+
+def log_label(folder: str, name: str) -> str:
+    """A dropped file's name for the log: quoted, so a name with a newline cannot forge a line."""
+    return repr(f"{folder}/{name}" if folder else name)
+
+
 class RefusedFile(NstdError):
     """A dropped file that is not read; the message is the reason written next to it in failed/."""
 

@@ -279,7 +279,7 @@ def test_the_same_name_twice_gets_two_results(watcher: FolderWatcher) -> None:
 
     async def drop_and_deliver(job_id: int, content: bytes, result: bytes) -> None:
         source.write_bytes(content)
-        await watcher.deliver(folder_job(job_id, source), result)
+        await watcher.outbox.deliver(folder_job(job_id, source), result)
 
     asyncio.run(drop_and_deliver(1, b"photo 1", b"result 1"))
     asyncio.run(drop_and_deliver(2, b"photo 2", b"result 2"))
@@ -306,7 +306,7 @@ def test_a_redelivery_after_a_crash_writes_no_second_copy(watcher: FolderWatcher
     stage(staged, b"result")
     published = publish(staged, "beach", ".monet.jpg")
     reply = {"result_path": str(published)} if recorded else {}
-    asyncio.run(watcher.deliver(folder_job(7, source, **reply), b"result"))
+    asyncio.run(watcher.outbox.deliver(folder_job(7, source, **reply), b"result"))
     assert [p.name for p in outbox.iterdir()] == ["beach.monet.jpg"]
     assert watcher.queue.replies[7]["original_path"] == str(watcher.root / "done" / "monet" / "beach.jpg")
     assert watcher.queue.replies[7].get("result_path", reply.get("result_path")) == str(published)
@@ -315,10 +315,12 @@ def test_a_redelivery_after_a_crash_writes_no_second_copy(watcher: FolderWatcher
 def test_a_failed_job_is_moved_with_its_reason_once(watcher: FolderWatcher) -> None:
     source = watcher.inbox / "monet" / "beach.jpg"
     source.write_bytes(b"photo")
-    asyncio.run(watcher.deliver(folder_job(3, source, state="failed"), None))
+    asyncio.run(watcher.outbox.deliver(folder_job(3, source, state="failed"), None))
     failed = watcher.root / "failed" / "monet"
     assert watcher.queue.replies[3] == {"original_path": str(failed / "beach.jpg")}
     assert (failed / "beach.jpg.error.txt").read_text() == "the engine ran out of memory\n"
     # Delivered again after a crash that came before the delivery was marked done: nothing more.
-    asyncio.run(watcher.deliver(folder_job(3, source, state="failed", **watcher.queue.replies[3]), None))
+    asyncio.run(
+        watcher.outbox.deliver(folder_job(3, source, state="failed", **watcher.queue.replies[3]), None)
+    )
     assert sorted(p.name for p in failed.iterdir()) == ["beach.jpg", "beach.jpg.error.txt"]

@@ -63,7 +63,7 @@ def test_an_instant_result_lands_in_outbox_instant(watcher: FolderWatcher) -> No
     source = watcher.inbox / "instant" / "beach.jpg"
     source.write_bytes(b"photo")
     job = dataclasses.replace(folder_job(1, source, folder="instant"), engine="adain", styles=[])
-    asyncio.run(watcher.deliver(job, b"result"))
+    asyncio.run(watcher.outbox.deliver(job, b"result"))
     assert (watcher.root / "outbox" / "instant" / "beach.instant.jpg").read_bytes() == b"result"
     assert (watcher.root / "done" / "instant" / "beach.jpg").read_bytes() == b"photo"
 
