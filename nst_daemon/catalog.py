@@ -14,8 +14,6 @@ previous state and the daemon never sees a half-installed model:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +33,9 @@ from nst_daemon.catalog_file import default_catalog_path as default_catalog_path
 from nst_daemon.catalog_file import get_catalog as get_catalog
 from nst_daemon.catalog_file import load_catalog as load_catalog
 
-# `models verify` and `models list` are catalog_verify's, the install step catalog_install's (re-exported).
-from nst_daemon.catalog_install import _HASH_CHUNK, _PINNED_LABELS, _install, _lock_path
+# `models verify` and `models list` are catalog_verify's, `models import` catalog_import's, the install step
+# catalog_install's (re-exported).
+from nst_daemon.catalog_install import _PINNED_LABELS, _install, _lock_path
 from nst_daemon.catalog_install import LOCK_DIR as LOCK_DIR
 from nst_daemon.catalog_install import validate_checkpoint as validate_checkpoint
 from nst_daemon.config import Settings
@@ -319,73 +318,6 @@ def _check_digest(
     return "tofu"
 
 
-# --- import -------------------------------------------------------------------------------------------------
-
-
-def import_file(
-    settings: Settings, name: str, file: Path, *, console: Console | None = None
-) -> InstalledModel:
-    """Validate, convert and install a checkpoint from a local file, the same way pull does."""
-    console = console or Console()
-    (entry,) = _select(get_catalog(settings), [name])
-    source = Path(file).expanduser()
-    if not source.exists():
-        raise NstdError(f"{source}: no such file")
-    if not source.is_file():
-        raise NstdError(f"{source} is not a regular file")
-    models_dir = _ensure_models_dir(settings)
-
-    with download.file_lock(_lock_path(models_dir, entry.file)):
-        # Not `<file>.part`: that may hold an interrupted download worth resuming (or be the source itself).
-        part = models_dir / f"{entry.file}.import.part"
-        if source.resolve() == part.resolve():
-            raise NstdError(f"{source} is nstd's own staging file; copy it elsewhere first")
-        try:
-            # Copy first and check the copy: the source may change under us, what we install may not.
-            sha256, size = _copy_hashing(source, part)
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            raise NstdError(f"cannot read {source}: {exc.strerror or exc}") from None
-        mismatch = bool(entry.sha256) and sha256 != entry.sha256
-        pinned = "catalog" if entry.sha256 and not mismatch else "import"
-        notes = []
-        if mismatch:
-            notes.append(f"imported with sha256 {sha256}; the catalog lists {entry.sha256}")
-        installed = _install(
-            entry,
-            models_dir,
-            part,
-            sha256=sha256,
-            size=size,
-            source=source.resolve().as_uri(),
-            pinned=pinned,
-            console=console,
-            shown_as=str(source),
-            notes=notes,
-        )
-    if mismatch:
-        console.print(
-            f"[yellow]warning:[/] {escape(name)}: the sha256 of {escape(str(source))} is {sha256}, "
-            f"the catalog lists {entry.sha256}; installed anyway because it validates as a {entry.kind} "
-            "checkpoint, and pinned to the imported digest",
-            highlight=False,
-        )
-    return installed
-
-
-def _copy_hashing(source: Path, target: Path) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    with source.open("rb") as src, target.open("wb") as dst:
-        while chunk := src.read(_HASH_CHUNK):
-            hasher.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    return hasher.hexdigest(), size
-
-
 def _ensure_models_dir(settings: Settings) -> Path:
     return ensure_dir(settings.paths.models_dir, "the models directory (paths.models_dir)")
 
@@ -426,6 +358,7 @@ __all__ = [
 ]
 
 
+from nst_daemon.catalog_import import import_file as import_file  # noqa: E402
 from nst_daemon.catalog_verify import _check_onnx_loads as _check_onnx_loads  # noqa: E402
 from nst_daemon.catalog_verify import print_list as print_list  # noqa: E402
 from nst_daemon.catalog_verify import verify_all as verify_all  # noqa: E402
