@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nst_daemon import download
-from nst_daemon.catalog import _ensure_models_dir, _select, get_catalog
+from nst_daemon.catalog_file import get_catalog
 from nst_daemon.catalog_install import _HASH_CHUNK, _install, _lock_path
 from nst_daemon.config import Settings
 from nst_daemon.errors import NstdError
@@ -22,6 +22,8 @@ def import_file(
     settings: Settings, name: str, file: Path, *, console: Console | None = None
 ) -> InstalledModel:
     """Validate, convert and install a checkpoint from a local file, the same way pull does."""
+    from nst_daemon.catalog import _ensure_models_dir, _select  # catalog.py re-exports this module
+
     console = console or Console()
     (entry,) = _select(get_catalog(settings), [name])
     source = Path(file).expanduser()
