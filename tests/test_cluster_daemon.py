@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def test_a_folder_job_waits_for_an_unreachable_cluster_then_completes_on_it(
         cluster.start()
         result = outbox / "harbour.monet.jpg"
         wait_until(result.exists, 180, 0.2, "the result in the outbox")
-        assert daemon.stop(60) == 0
+        stopping = time.monotonic()
+        assert daemon.stop(60) == 0, daemon.log_since(stopping)
     finally:
         daemon.kill()
         cluster.stop()
