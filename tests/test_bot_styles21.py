@@ -8,6 +8,7 @@ default engine for style images is Instant on any machine, and Painted's vgg19 i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -429,24 +430,42 @@ def test_save_as_style_from_the_nst_flow(server: FakeTelegram, harness: StylesHa
 # --- the style sheet ---
 
 
+@contextlib.contextmanager
+def sheet_harness(server: FakeTelegram, state: Path, sheet_s: float | None = None) -> Iterator[StylesHarness]:
+    """A started bot with AdaIN and monet installed (one built-in style for the sheet); `sheet_s` makes
+    drawing each tile take that long."""
+    harness = StylesHarness(server, state)
+    install_stand_ins(state / "models", (*ADAIN_MODELS, "style_monet"))
+    if sheet_s is not None:
+        harness.runner.slow["style-sheet"] = sheet_s
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def ask_for_styles(server: FakeTelegram, user: int) -> int:
+    """/styles, then its list; the mark before it."""
+    mark = server.mark()
+    server.send_text(user, "/styles")
+    server.wait_text(user, "^Styles", since=mark)
+    return mark
+
+
 def test_styles_sends_a_cached_style_sheet(own_server: FakeTelegram, tmp_path: Path) -> None:
     server = own_server
-    harness = StylesHarness(server, tmp_path / "state")
-    install_stand_ins(tmp_path / "state" / "models", (*ADAIN_MODELS, "style_monet"))
-    harness.start()
+    with sheet_harness(server, tmp_path / "state") as harness:
 
-    def sheet_jobs() -> list[str]:
-        return [job.styles[0] for job in harness.runner.seen if job.owner == "style-sheet"]
+        def sheet_jobs() -> list[str]:
+            return [job.styles[0] for job in harness.runner.seen if job.owner == "style-sheet"]
 
-    def sheet_keys() -> list[str]:
-        return [key for key in harness.store.objects if key.startswith("sheets/")]
+        def sheet_keys() -> list[str]:
+            return [key for key in harness.store.objects if key.startswith("sheets/")]
 
-    try:
         user = 21998
         harness.allow(user)
-        mark = server.mark()
-        server.send_text(user, "/styles")
-        server.wait_text(user, "^Styles", since=mark)
+        mark = ask_for_styles(server, user)
         sheet = sheet_call(server, user, mark)
         # The sample photo, then monet (the one built-in installed): two labelled tiles.
         assert Image.open(io.BytesIO(sheet.files["photo"])).size == (2 * 256, 256 + 22)
@@ -467,8 +486,6 @@ def test_styles_sends_a_cached_style_sheet(own_server: FakeTelegram, tmp_path: P
         assert sheet_jobs() == ["monet", "monet", "moss"] and len(sheet_keys()) == 2
         moss = harness.runner.seen[-1]
         assert moss.engine == "adain" and moss.params["style_name"] == "moss"
-    finally:
-        harness.close()
 
 
 def test_a_sheet_being_drawn_never_holds_up_the_users_next_message(
@@ -477,20 +494,12 @@ def test_a_sheet_being_drawn_never_holds_up_the_users_next_message(
     """Drawing runs the engines, which a painted job can hold for minutes; meanwhile the user's next
     message (here /help) is answered, and the sheet still arrives."""
     server = own_server
-    harness = StylesHarness(server, tmp_path / "state")
-    install_stand_ins(tmp_path / "state" / "models", (*ADAIN_MODELS, "style_monet"))
-    harness.runner.slow["style-sheet"] = 6.0
-    harness.start()
-    try:
+    with sheet_harness(server, tmp_path / "state", sheet_s=6.0) as harness:
         user = 21997
         harness.allow(user)
-        mark = server.mark()
-        server.send_text(user, "/styles")
-        server.wait_text(user, "^Styles", since=mark)
+        mark = ask_for_styles(server, user)
         server.send_text(user, "/help")
         helped = server.wait_text(user, "^How to use me", since=mark)
         assert not server.sent(user, "sendPhoto", since=mark), "/help was answered only after the sheet"
         sheet = sheet_call(server, user, mark)
         assert sheet.at > helped.at
-    finally:
-        harness.close()

@@ -49,8 +49,6 @@ async def send_style_sheet(services: Services, bot: Bot, chat_id: int, user_id: 
         if sheet is not None:
             photo = BufferedInputFile(sheet, filename="styles.jpg")
             await bot.send_photo(chat_id=chat_id, photo=photo, caption=texts.STYLE_SHEET_CAPTION)
-    except asyncio.CancelledError:
-        raise
     except Cancelled:
         log.info("telegram: the style sheet for user %s was stopped with the daemon", user_id)
     except Exception as exc:  # the list and the buttons are there; the picture is a bonus
